@@ -1,0 +1,1 @@
+"""Host-side engine: requests, scheduling, page bookkeeping, and the decoding loops."""

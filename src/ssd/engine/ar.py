@@ -1,0 +1,102 @@
+"""Autoregressive decoding: the request loop that drives `decode_step` over shape buckets."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ssd import random as rnd
+from ssd.config import SamplingParams
+from ssd.engine.requests import Request
+from ssd.jit import Step, pow2
+from ssd.kv import KVCache, PageAllocator, pack_tokens, step_meta
+from ssd.models.loading import Model
+from ssd.sampling import SamplingTensors
+from ssd.steps import decode_step
+from ssd.tree import donate
+
+_PAD_PARAMS = SamplingParams(temperature=0)
+
+
+class ARRunner:
+    """Runs requests to completion with batched prefill and decode steps.
+
+    Host side: which requests run, which pages they own. Device side: one pure step per call,
+    padded to power-of-two buckets of (batch, query length, pages per sequence).
+    """
+
+    def __init__(self, model: Model, kv: KVCache, step: Step, max_batch: int, max_len: int):
+        self.model, self.kv, self.step = model, kv, step
+        self.max_batch, self.max_len = max_batch, max_len
+        self.pages = PageAllocator(kv.num_pages, kv.page_size)
+        self.device = kv.k_pages.device
+
+    def run(self, requests: Sequence[Request], on_finish: Callable[[Request], None]) -> None:
+        waiting, running = deque(requests), list[Request]()
+        while waiting or running:
+            admitted = self._admit(waiting, running)
+            batch = list(admitted or running)  # a copy: finished requests leave `running`
+            tokens = self._forward(batch, prefill=bool(admitted))
+            for req, tok in zip(batch, tokens, strict=True):
+                if req.append(tok, self.max_len):
+                    self.pages.release(req.pages)
+                    running.remove(req)
+                    on_finish(req)
+
+    def _admit(self, waiting: deque[Request], running: list[Request]) -> list[Request]:
+        """Start waiting requests while there is room; each reserves pages for its whole run."""
+        new = []
+        while waiting and len(running) < self.max_batch:
+            req = waiting[0]
+            need = min(req.length + req.params.max_tokens, self.max_len)
+            if -(-need // self.kv.page_size) > self.pages.num_free:
+                if not running:
+                    raise RuntimeError(
+                        f"request {req.id} needs {need} KV slots, more than the whole cache "
+                        f"({self.kv.num_pages} pages of {self.kv.page_size}); raise num_pages"
+                    )
+                break
+            self.pages.ensure(req.pages, need)
+            new.append(waiting.popleft())
+            running.append(req)
+        return new
+
+    def _forward(self, batch: list[Request], prefill: bool) -> list[int]:
+        b = pow2(len(batch))
+        pad = b - len(batch)
+        if prefill:
+            seqs = [r.prompt for r in batch]
+            starts, lens = [0] * len(batch), [len(s) for s in seqs]
+        else:
+            seqs = [[r.out[-1]] for r in batch]
+            starts, lens = [r.length - 1 for r in batch], [1] * len(batch)
+        q = pow2(max(lens), 16) if prefill else 1
+        tables = [r.pages for r in batch] + [[]] * pad
+        meta = step_meta(
+            tables,
+            starts + [0] * pad,
+            lens + [0] * pad,
+            self.kv.page_size,
+            q_len=q,
+            max_pages=pow2(max(len(t) for t in tables)),
+            device=self.device,
+        )
+        tokens = pack_tokens(seqs + [[]] * pad, q_len=q).to(self.device)
+        params = [r.params for r in batch] + [_PAD_PARAMS] * pad
+        st = SamplingTensors.from_params(params, device=self.device)
+        seeds = torch.tensor([r.seed for r in batch] + [0] * pad, dtype=torch.int64)
+        last = torch.tensor([n - 1 for n in lens] + [0] * pad, device=self.device)
+        greedy = all(p.temperature == 0 for p in params)
+        m = self.model
+        kv, nxt = self.step(
+            m.params, m.cfg, self.kv, tokens, meta, last, st, rnd.key(seeds).to(self.device), greedy
+        )
+        self.kv = donate(self.kv, kv, "decode_step")
+        return nxt.tolist()[: len(batch)]
+
+
+def make_step(mode: str) -> Step:
+    """`decode_step` under a jit mode; weights (arg 0) and KV pages (arg 2) persist."""
+    return Step(decode_step, mode, persistent=(0, 2))  # type: ignore[arg-type]

@@ -1,0 +1,137 @@
+"""The `jit` of this engine: pure steps compiled per static shape bucket.
+
+Modes:
+- ``eager``: call the step as is (debugging, and the reference the others must equal);
+- ``compile``: `torch.compile(fullgraph=True, dynamic=False)`: one graph per shape bucket;
+- ``cudagraph`` (CUDA only): compile, then capture one CUDA graph per bucket and replay it, with
+  the per-call inputs copied into the graph's static buffers.
+
+Callers pad their inputs to buckets (:func:`bucket`) so the number of graphs stays small.
+Compiled graphs persist across processes in the inductor cache (:func:`use_persistent_cache`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.utils._pytree as pytree
+
+Mode = Literal["eager", "compile", "cudagraph"]
+MODES: tuple[Mode, ...] = ("eager", "compile", "cudagraph")
+
+
+def bucket(n: int, sizes: Sequence[int]) -> int:
+    """The smallest size in `sizes` (ascending) that holds `n`; multiples of the largest beyond."""
+    for s in sizes:
+        if n <= s:
+            return s
+    top = sizes[-1]
+    return -(-n // top) * top
+
+
+def pow2(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def use_persistent_cache(path: str | Path | None = None) -> Path:
+    """Keep compiled graphs in ``$SSD_CACHE_DIR/inductor`` (default ~/.cache/ssd/inductor)."""
+    root = Path(path or os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd")
+    cache = root / "inductor"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    torch._inductor.config.fx_graph_cache = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    leaves, spec = pytree.tree_flatten(args)
+    shapes = tuple(
+        (tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in leaves
+    )
+    return (spec, shapes)
+
+
+class Step:
+    """A pure step `fn(*args)` run in one of :data:`MODES`.
+
+    `persistent` names the positional arguments whose tensors keep their storage from call to
+    call (weights, KV pages): a CUDA graph reads and writes them in place. All other tensor
+    arguments are copied into the graph's static inputs on each replay, and the outputs of a
+    replay are the graph's own buffers, valid until the next call.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], mode: Mode = "eager", persistent: Sequence[int] = ()
+    ):
+        if mode not in MODES:
+            raise ValueError(f"jit mode must be one of {MODES}, got {mode!r}")
+        if mode == "cudagraph" and not torch.cuda.is_available():
+            raise ValueError("jit mode 'cudagraph' needs CUDA; use 'compile' or 'eager'")
+        self.fn, self.mode, self.persistent = fn, mode, tuple(persistent)
+        self._compiled = fn
+        if mode != "eager":
+            use_persistent_cache()
+            self._compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+        self._graphs: dict[tuple[Any, ...], _Graph] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        if self.mode != "cudagraph":
+            return self._compiled(*args)
+        key = _signature(args)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = _Graph(self._compiled, args, self.persistent)
+        return graph.replay(args)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._graphs)
+
+
+class _Graph:
+    """One captured CUDA graph with static input and output buffers."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], persistent: tuple[int, ...]):
+        self.persistent = persistent
+        self.inputs = tuple(
+            a if i in persistent else pytree.tree_map(_clone, a) for i, a in enumerate(args)
+        )
+        self.addresses = _addresses(args, persistent)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compile and autotune outside the capture
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn(*self.inputs)
+
+    def replay(self, args: tuple[Any, ...]) -> Any:
+        if _addresses(args, self.persistent) != self.addresses:
+            raise ValueError("a persistent argument (weights or KV pages) moved since capture")
+        for i, (static, new) in enumerate(zip(self.inputs, args, strict=True)):
+            if i not in self.persistent:
+                pytree.tree_map(_copy_into, static, new)
+        self.graph.replay()
+        return self.outputs
+
+
+def _clone(x: Any) -> Any:
+    return x.clone() if isinstance(x, torch.Tensor) else x
+
+
+def _copy_into(static: Any, new: Any) -> None:
+    if isinstance(static, torch.Tensor):
+        static.copy_(new, non_blocking=True)
+
+
+def _addresses(args: tuple[Any, ...], persistent: tuple[int, ...]) -> tuple[int, ...]:
+    leaves = pytree.tree_leaves(tuple(args[i] for i in persistent))
+    return tuple(x.data_ptr() for x in leaves if isinstance(x, torch.Tensor))

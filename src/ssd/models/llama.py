@@ -1,0 +1,165 @@
+"""Functional Llama 3 / Qwen3 decoder: ``forward(params, cfg, kv, tokens, meta)``.
+
+One implementation for both families; they differ only in static flags of :class:`ModelConfig`
+(Qwen3: per-head RMSNorm of q and k before RoPE; either may have attention biases). Numerics
+follow `transformers` (RMSNorm in float32, RoPE as ``x * cos + rotate_half(x) * sin`` with
+float32 angles) so that fp32 logits agree to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssd.attention import attention_mask, paged_attention
+from ssd.kv import AttentionMeta, KVCache, write_kv
+from ssd.models.config import ModelConfig
+from ssd.tree import check_live, donate, pytree_dataclass
+
+FORWARD = "ssd.models.llama.forward"
+
+
+# Per-layer weights live in a dict of tensors stacked over layers ([L, ...]), keyed as below.
+# Linear weights keep the HF [out, in] layout (F.linear consumes it as is). Keys a config does
+# not use (biases, Qwen3 q/k norms) are absent rather than None: None is a *leaf* in torch's
+# pytree, so a None field would break every `tree_map(lambda t: t.to(...), params)`.
+LayerParams = dict[str, Tensor]
+
+
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Per-layer shape of each weight this config has (stacked: ``[L, *shape]``)."""
+    hid, inter = cfg.hidden_size, cfg.intermediate_size
+    shapes = {
+        "attn_norm": (hid,),
+        "wq": (cfg.q_size, hid),
+        "wk": (cfg.kv_size, hid),
+        "wv": (cfg.kv_size, hid),
+        "wo": (hid, cfg.q_size),
+        "mlp_norm": (hid,),
+        "w_gate": (inter, hid),
+        "w_up": (inter, hid),
+        "w_down": (hid, inter),
+    }
+    if cfg.attention_bias:
+        shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), bo=(hid,))
+    if cfg.qk_norm:
+        shapes.update(q_norm=(cfg.head_dim,), k_norm=(cfg.head_dim,))
+    return shapes
+
+
+@pytree_dataclass
+class Params:
+    """All weights. With tied embeddings `lm_head` *is* the `embed` tensor (one storage when
+    loaded; a `tree_map` that copies leaves would copy it twice, so load directly on device)."""
+
+    embed: Tensor  # [V, hidden]
+    layers: LayerParams  # see layer_shapes
+    final_norm: Tensor  # [hidden]
+    lm_head: Tensor  # [V, hidden]
+    inv_freq: Tensor  # [head_dim / 2] float32 RoPE inverse frequencies, derived from cfg at load
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+    """float32 inverse frequencies on CPU, with Llama 3.1 scaling when configured."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv
+    # Long wavelengths are slowed down by `factor`, short ones kept, the band between blended.
+    low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / rs.factor, inv)
+    smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+        rs.high_freq_factor - rs.low_freq_factor
+    )
+    blended = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x ``[B, Q, H, D]``; cos/sin ``[B, Q, 1, D]`` (rotate-half convention, as in HF)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rope_tables(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _attention_block(
+    lp: LayerParams,
+    cfg: ModelConfig,
+    kv: KVCache,
+    layer: int,
+    x: Tensor,
+    rope: tuple[Tensor, Tensor],
+    meta: AttentionMeta,
+    mask: Tensor,
+) -> Tensor:
+    b, q_len, _ = x.shape
+    q = F.linear(x, lp["wq"], lp.get("bq")).view(b, q_len, cfg.num_attention_heads, cfg.head_dim)
+    k = F.linear(x, lp["wk"], lp.get("bk")).view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
+    v = F.linear(x, lp["wv"], lp.get("bv")).view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    # Write first, then read: this step's tokens see themselves and each other via the mask.
+    write_kv(kv, layer, k, v, meta.slot_mapping)
+    out = paged_attention(
+        q, kv.k_pages[layer], kv.v_pages[layer], meta.block_tables, mask, cfg.head_dim**-0.5
+    )
+    return F.linear(out.reshape(b, q_len, cfg.q_size), lp["wo"], lp.get("bo"))
+
+
+def _mlp_block(lp: LayerParams, x: Tensor) -> Tensor:
+    return F.linear(F.silu(F.linear(x, lp["w_gate"])) * F.linear(x, lp["w_up"]), lp["w_down"])
+
+
+def forward_unchecked(
+    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+) -> tuple[Tensor, KVCache]:
+    """The traceable body of :func:`forward`, without donation bookkeeping (a Python side effect
+    that a compiled region must not contain; `ssd.jit` wraps this and donates outside)."""
+    if tokens.shape != meta.positions.shape:
+        raise ValueError(f"tokens {tuple(tokens.shape)} vs positions {tuple(meta.positions.shape)}")
+    x = F.embedding(tokens, params.embed)
+    rope = rope_tables(meta.positions, params.inv_freq, x.dtype)
+    mask = attention_mask(meta, kv.page_size)
+    for layer in range(cfg.num_hidden_layers):
+        lp = {key: w[layer] for key, w in params.layers.items()}
+        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+        x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
+        x = x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+    x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
+    return F.linear(x, params.lm_head).float(), KVCache(kv.k_pages, kv.v_pages)
+
+
+def forward(
+    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+) -> tuple[Tensor, KVCache]:
+    """Run tokens ``[B, Q]`` through the model: ``(logits [B, Q, V] float32, kv)``.
+
+    Writes this step's K/V into `kv`'s pages in place and consumes `kv`: use the returned cache;
+    reusing the old one raises :class:`ssd.tree.StaleStateError`. Logits of padding rows
+    (slot -1) are meaningless.
+    """
+    check_live(kv, FORWARD)
+    logits, new_kv = forward_unchecked(params, cfg, kv, tokens, meta)
+    return logits, donate(kv, new_kv, FORWARD)
