@@ -11,10 +11,14 @@ from tqdm import tqdm
 
 from ssd.config import SamplingParams
 from ssd.engine.ar import ARRunner, make_step
+from ssd.engine.drafters import DraftModel, SDDrafter, SSDDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
+from ssd.engine.spec import SpecRunner
+from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
-from ssd.models.config import CheckpointError
-from ssd.models.loading import load_model, load_tokenizer
+from ssd.models.loading import Model, load_model, load_tokenizer
+from ssd.saguaro import geometric_fanout
+from ssd.steps import verify_step
 
 Prompt = str | Sequence[int]
 
@@ -22,7 +26,11 @@ Prompt = str | Sequence[int]
 class LLM:
     """Exact generation from a Hugging Face checkpoint directory.
 
-    `mode="ar"` (the default when no draft is given) decodes autoregressively. `jit` is "eager",
+    `mode="ar"` (the default when no draft is given) decodes autoregressively; "sd" is ordinary
+    speculative decoding with `k` draft tokens per round; "ssd" (the default with a draft) is
+    Saguaro: a speculation cache over `fanout` (K+1 counts, or geometric from `budget`,
+    `accept_estimate` and `power`), Saguaro sampling with constant `saguaro_c` (1 disables it)
+    and a `backup` on cache misses ("neural", "fast" n-gram, or "auto"). `jit` is "eager",
     "compile" (torch.compile per shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
@@ -35,6 +43,13 @@ class LLM:
         *,
         draft: str | Path | None = None,
         mode: str | None = None,
+        k: int = 4,
+        fanout: Sequence[int] | None = None,
+        budget: int | None = None,
+        saguaro_c: float = 1.0,
+        backup: str = "neural",
+        accept_estimate: float = 0.7,
+        power: float = 1.0,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         jit: str | None = None,
@@ -44,8 +59,15 @@ class LLM:
         num_pages: int | None = None,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
-        if mode != "ar" or draft is not None:
-            raise NotImplementedError("only mode='ar' without a draft is available so far")
+        if mode not in ("ar", "sd", "ssd"):
+            raise ValueError(f"mode must be 'ar', 'sd' or 'ssd', got {mode!r}")
+        if mode != "ar" and draft is None:
+            raise ValueError(f"mode {mode!r} needs a draft checkpoint")
+        if k < 1:
+            raise ValueError(f"k (draft tokens per round) must be >= 1, got {k}")
+        if not 0 < saguaro_c <= 1:
+            raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
+        self.mode = mode
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -54,25 +76,48 @@ class LLM:
         assert isinstance(dtype, torch.dtype)
         self.model = load_model(target, dtype=dtype, device=device)
         cfg = self.model.cfg
-        try:
-            self.tokenizer: Any = load_tokenizer(target, cfg.vocab_size)
-        except CheckpointError:
-            if any(
-                (Path(target) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
-            ):
-                raise
-            self.tokenizer = None  # token-id prompts only
+        self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)
         self.max_len = min(
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
+        mode_jit = jit or ("cudagraph" if device.type == "cuda" else "eager")
         pages = num_pages or max_batch * -(-self.max_len // page_size)
         kv = alloc_kv_cache(cfg, pages, page_size, dtype=dtype, device=device)
-        step = make_step(jit or ("cudagraph" if device.type == "cuda" else "eager"))
-        self.runner = ARRunner(self.model, kv, step, max_batch, self.max_len)
         eos = set(cfg.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
+        if mode == "ar":
+            self.runner: ARRunner = ARRunner(
+                self.model, kv, make_step(mode_jit), max_batch, self.max_len
+            )
+            return
+        assert draft is not None
+        draft_model = load_model(draft, dtype=dtype, device=device)
+        check_pair(
+            self.model, self.tokenizer, draft_model, _tokenizer(draft, draft_model.cfg.vocab_size)
+        )
+        if mode == "sd":
+            extra = k + 1
+        else:
+            if fanout is None:
+                fanout = geometric_fanout(budget or 4 * (k + 1), k, accept_estimate, power)
+            extra = k + 1 + k * sum(fanout)
+        draft_pages = max_batch * -(-(self.max_len + extra) // page_size)
+        draft_kv = alloc_kv_cache(
+            draft_model.cfg, draft_pages, page_size, dtype=dtype, device=device
+        )
+        dm = DraftModel(draft_model, draft_kv, k, mode_jit, self.max_len, extra)
+        drafter = SDDrafter(dm) if mode == "sd" else SSDDrafter(dm, fanout or [], saguaro_c, backup)
+        verify = Step(verify_step, mode_jit, persistent=(0, 2))  # type: ignore[arg-type]
+        self.runner = SpecRunner(
+            self.model, kv, make_step(mode_jit), verify, drafter, max_batch, self.max_len
+        )
+
+    @property
+    def metrics(self) -> dict[str, float | list[float] | None] | None:
+        """Speculation metrics of the last `generate` call (DESIGN.md §6); None in AR mode."""
+        return self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else None
 
     def generate(
         self,
@@ -118,6 +163,30 @@ class LLM:
         if self.tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer: pass prompts as token ids")
         return list(self.tokenizer.encode(prompt))
+
+
+def _tokenizer(path: str | Path, vocab_size: int) -> Any:
+    """The checkpoint's tokenizer, or None when it ships none (token-id prompts only).
+
+    Checked by file, because `AutoTokenizer` may build an empty default tokenizer instead.
+    """
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((Path(path) / f).exists() for f in files):
+        return None
+    return load_tokenizer(path, vocab_size)
+
+
+def check_pair(target: Model, target_tok: Any, draft: Model, draft_tok: Any) -> None:
+    """Refuse a draft whose vocabulary or tokenizer differs from the target's."""
+    if draft.cfg.vocab_size != target.cfg.vocab_size:
+        raise ValueError(
+            f"the draft's vocab_size {draft.cfg.vocab_size} differs from the target's "
+            f"{target.cfg.vocab_size}: speculative decoding needs one shared vocabulary"
+        )
+    if (target_tok is None) != (draft_tok is None) or (
+        target_tok is not None and target_tok.get_vocab() != draft_tok.get_vocab()
+    ):
+        raise ValueError("the draft's tokenizer differs from the target's")
 
 
 def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -1,11 +1,19 @@
 """Pure device-side step functions: `(params, state, inputs, ...) -> (state, outputs)`.
 
-They take the traceable model forward (no donation bookkeeping inside; `ssd.jit` and the engine
+They call the traceable model forward (no donation bookkeeping inside; `ssd.jit` and the engine
 donate around them), so each can be compiled whole with `torch.compile(fullgraph=True)` and
 replayed as a CUDA graph. Host-side code builds their index inputs (`ssd.kv`).
+
+Random streams (per request key `k`): AR samples the token at position t with fold_in(k, t);
+drafts sample the token at position t with fold_in(fold_in(k, DRAFT), t), whichever path
+(draft chain, tree branch, backup) drafts it; verification of a round whose last committed
+token sits at position t uses fold_in(fold_in(k, VERIFY), t). Draft and target noise are thus
+independent, and a cached branch carries exactly the tokens a draft chain would have drawn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +22,16 @@ from ssd import random as rnd
 from ssd.kv import AttentionMeta, KVCache
 from ssd.models.config import ModelConfig
 from ssd.models.llama import Params, forward_unchecked
-from ssd.sampling import SamplingTensors, probs_from_logits, sample
+from ssd.sampling import (
+    SamplingTensors,
+    Verification,
+    probs_from_logits,
+    saguaro_q,
+    sample,
+    verify_chain,
+)
+
+DRAFT, VERIFY = 1, 2
 
 
 def sample_next(
@@ -26,6 +43,11 @@ def sample_next(
     if greedy_only:
         return logits.argmax(-1)
     return sample(probs_from_logits(logits, st), rnd.fold_in(keys, positions))
+
+
+def _rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, idx[b]] for x [B, Q, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device), idx]
 
 
 def decode_step(
@@ -46,10 +68,109 @@ def decode_step(
     alias), so a prompt's first token and later tokens follow one code path.
     """
     logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
-    b = tokens.shape[0]
-    at_last = logits[torch.arange(b, device=logits.device), last]
-    position = meta.positions[torch.arange(b, device=logits.device), last] + 1
-    return kv, sample_next(at_last, st, keys, position, greedy_only)
+    position = _rows(meta.positions, last) + 1
+    return kv, sample_next(_rows(logits, last), st, keys, position, greedy_only)
 
 
 prefill_step = decode_step
+
+
+def proposal_probs(
+    logits: Tensor, st: SamplingTensors, fanout: Tensor | None, c: Tensor | None
+) -> Tensor:
+    """The draft's proposal q from its logits [B, ..., V]: the sampling transform, then Saguaro's
+    rescale of the top-`fanout` tokens by `c` ([B] tensors) when given."""
+    q = probs_from_logits(logits, st)
+    return q if fanout is None or c is None else saguaro_q(q, fanout, c)
+
+
+def draft_step(
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    tokens0: Tensor,
+    metas: Sequence[AttentionMeta],
+    st: SamplingTensors,
+    keys: Tensor,
+    fanout: Tensor | None = None,
+    c: Tensor | None = None,
+) -> tuple[KVCache, Tensor, Tensor]:
+    """Draft K = len(metas) tokens per sequence with their proposal rows q.
+
+    The first forward feeds `tokens0` [B, 2] = the token before the last committed one and the
+    last committed one r (re-writing the former's KV makes the draft cache whole again whatever
+    the previous round accepted); each later forward feeds the token just drafted. `fanout`
+    [B, K] and `c` [B] turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V]).
+    """
+    out, qs = [], []
+    inp = tokens0
+    draft_keys = rnd.fold_in(keys, DRAFT)
+    for d, meta in enumerate(metas):
+        logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
+        q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
+        tok = sample(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1))
+        out.append(tok)
+        qs.append(q)
+        inp = tok[:, None]
+    return kv, torch.stack(out, 1), torch.stack(qs, 1)
+
+
+def verify_step(
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    tokens: Tensor,
+    meta: AttentionMeta,
+    q: Tensor | None,
+    point_mass: Tensor | None,
+    st: SamplingTensors,
+    keys: Tensor,
+) -> tuple[KVCache, Verification]:
+    """Target forward over [r, s_1..s_K] (tokens [B, K+1]) and exact chain verification against
+    the proposal rows q [B, K, V] (point-mass rows where `point_mass` [B] is set)."""
+    logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
+    p = probs_from_logits(logits, st)
+    verify_keys = rnd.fold_in(rnd.fold_in(keys, VERIFY), meta.positions[:, 0])
+    return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass)
+
+
+def glue_step(
+    params: Params, cfg: ModelConfig, kv: KVCache, path: Tensor, meta: AttentionMeta
+) -> tuple[KVCache, Tensor]:
+    """Draft forward over the sent path [r, s_1..s_K]: writes its draft KV and returns the draft
+    logits g [B, K+1, V] (g_j: after consuming r, s_1..s_j) that the fork ranks."""
+    logits, kv = forward_unchecked(params, cfg, kv, path, meta)
+    return kv, logits
+
+
+def tree_step(
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    roots: Tensor,
+    metas: Sequence[AttentionMeta],
+    st: SamplingTensors,
+    keys: Tensor,
+    fanout: Tensor | None = None,
+    c: Tensor | None = None,
+) -> tuple[KVCache, Tensor, Tensor]:
+    """Decode K = len(metas) steps over all branches at once: roots [B, M] are the candidate
+    recovery/bonus tokens; each branch is an independent chain (mask and positions in `metas`).
+    Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome."""
+    b, m = roots.shape
+    st_m = SamplingTensors(
+        *(x.repeat_interleave(m) for x in (st.temperature, st.top_k, st.top_p, st.min_p))
+    )
+    branch_keys = rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
+    c_m = None if c is None else c.repeat_interleave(m)
+    out, qs = [], []
+    inp = roots
+    for d, meta in enumerate(metas):
+        logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
+        f = None if fanout is None else fanout[:, d].repeat_interleave(m)
+        q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
+        tok = sample(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1))
+        out.append(tok.view(b, m))
+        qs.append(q.view(b, m, -1))
+        inp = out[-1]
+    return kv, torch.stack(out, 2), torch.stack(qs, 2)

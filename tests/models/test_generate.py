@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from models_helpers import CHECKPOINTS
 
+from helpers import CHECKPOINTS, hf_greedy
 from ssd import LLM, SamplingParams
 
 NEW = 64
@@ -17,19 +16,9 @@ PROMPTS = [
 ]
 
 
-def hf_greedy(path, prompt, n=NEW):
-    model = CHECKPOINTS[path.name][1].from_pretrained(path).eval()
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        out = model.generate(
-            ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
-        )
-    return out[0, len(prompt) :].tolist()
-
-
 @pytest.fixture(scope="module")
 def hf_reference(checkpoints):
-    return {name: [hf_greedy(path, p) for p in PROMPTS] for name, path in checkpoints.items()}
+    return {name: [hf_greedy(path, p, NEW) for p in PROMPTS] for name, path in checkpoints.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))

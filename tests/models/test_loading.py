@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 import torch
-from models_helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 from safetensors.torch import load_file, save_file
 
+from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 from ssd.models import CheckpointError, layer_shapes, load_model, load_tokenizer
 from ssd.tree import tree_leaves
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-from models_helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 
+from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 from ssd.kv import PageAllocator, alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import forward
 from ssd.tree import StaleStateError

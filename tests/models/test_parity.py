@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models_helpers import CHECKPOINTS, Runner, random_tokens, rel_err
+
+from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 
 NAMES = list(CHECKPOINTS)
 TOL = 1e-5  # max |diff| relative to the reference's max |logit|

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models_helpers import Runner, random_tokens, rel_err
 
+from helpers import Runner, random_tokens, rel_err
 from ssd.kv import pack_tokens, tree_meta
 from ssd.models import forward
 

@@ -27,6 +27,8 @@ class ARRunner:
     padded to power-of-two buckets of (batch, query length, pages per sequence).
     """
 
+    lookahead = 0  # extra KV slots a request needs beyond its tokens (speculation)
+
     def __init__(self, model: Model, kv: KVCache, step: Step, max_batch: int, max_len: int):
         self.model, self.kv, self.step = model, kv, step
         self.max_batch, self.max_len = max_batch, max_len
@@ -41,8 +43,7 @@ class ARRunner:
             tokens = self._forward(batch, prefill=bool(admitted))
             for req, tok in zip(batch, tokens, strict=True):
                 if req.append(tok, self.max_len):
-                    self.pages.release(req.pages)
-                    running.remove(req)
+                    self.finish(req, running)
                     on_finish(req)
 
     def _admit(self, waiting: deque[Request], running: list[Request]) -> list[Request]:
@@ -50,7 +51,7 @@ class ARRunner:
         new = []
         while waiting and len(running) < self.max_batch:
             req = waiting[0]
-            need = min(req.length + req.params.max_tokens, self.max_len)
+            need = min(req.length + req.params.max_tokens, self.max_len) + self.lookahead
             if -(-need // self.kv.page_size) > self.pages.num_free:
                 if not running:
                     raise RuntimeError(
@@ -62,6 +63,10 @@ class ARRunner:
             new.append(waiting.popleft())
             running.append(req)
         return new
+
+    def finish(self, req: Request, running: list[Request]) -> None:
+        self.pages.release(req.pages)
+        running.remove(req)
 
     def _forward(self, batch: list[Request], prefill: bool) -> list[int]:
         b = pow2(len(batch))

@@ -109,3 +109,17 @@ class Runner:
 
 def random_tokens(n: int, seed: int, vocab: int = 256) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def hf_greedy(path: Any, prompt: Sequence[int], n: int) -> list[int]:
+    """`transformers` greedy continuation of `prompt` (n tokens, EOS ignored)."""
+    model = CHECKPOINTS[path.name][1].from_pretrained(path).eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([list(prompt)]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()

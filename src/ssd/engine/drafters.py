@@ -1,0 +1,328 @@
+"""Drafters: the draft model's side of a speculative round, for SD and SSD (Saguaro).
+
+A drafter owns the draft model, its own paged KV cache and pages, and (SSD) the speculation
+cache. The target never sees any of it: it receives a `Speculation` and returns the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ssd import saguaro
+from ssd.engine.requests import Request
+from ssd.engine.spec import Speculation, batch_inputs
+from ssd.jit import Step, pow2
+from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
+from ssd.models.loading import Model
+from ssd.steps import draft_step, glue_step, tree_step
+from ssd.tree import donate
+
+
+class DraftModel:
+    """The draft model with its KV pages and compiled steps; all calls take a batch of requests."""
+
+    def __init__(self, model: Model, kv: KVCache, k: int, mode: str, max_len: int, extra: int):
+        self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
+        self.extra = extra  # scratch slots past the sequence (glue + tree branches)
+        self.alloc = PageAllocator(kv.num_pages, kv.page_size)
+        self.pages: dict[int, list[int]] = {}
+        # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
+        self.pad_table = self.alloc.ensure([], extra)
+        self.device = kv.k_pages.device
+        self._forward = Step(glue_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+        self._draft = Step(draft_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+        self._tree = Step(tree_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+
+    def _tables(self, batch: Sequence[Request], b: int) -> tuple[list[list[int]], int]:
+        tables = [self.pages[r.id] for r in batch] + [[]] * (b - len(batch))
+        return tables, pow2(max(len(t) for t in tables))
+
+    def _donate(self, kv: KVCache, step: str) -> None:
+        self.kv = donate(self.kv, kv, step)
+
+    def admit(self, reqs: Sequence[Request]) -> None:
+        for r in reqs:
+            need = min(r.length + r.params.max_tokens, self.max_len) + self.extra
+            if -(-need // self.kv.page_size) > self.alloc.num_free:
+                raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
+            self.pages[r.id] = self.alloc.ensure([], need)
+        b = pow2(len(reqs))
+        tables, mp = self._tables(reqs, b)
+        q = pow2(max(len(r.prompt) for r in reqs), 16)
+        lens = [len(r.prompt) for r in reqs] + [0] * (b - len(reqs))
+        meta = step_meta(
+            tables, [0] * b, lens, self.kv.page_size, q_len=q, max_pages=mp, device=self.device
+        )
+        tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
+        m = self.model
+        kv, _ = self._forward(m.params, m.cfg, self.kv, tokens, meta)
+        self._donate(kv, "draft prefill")
+
+    def release(self, req: Request) -> None:
+        self.alloc.release(self.pages.pop(req.id))
+
+    def draft(
+        self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """K drafted tokens [b, K] and their q rows [b, K, V] from each committed prefix."""
+        b, st, keys = batch_inputs(batch, self.device)
+        pad = b - len(batch)
+        tables, mp = self._tables(batch, b)
+        ps = self.kv.page_size
+        real, zeros = len(batch), [0] * pad
+
+        def meta(offset: int, q: int) -> AttentionMeta:  # q tokens from position length + offset
+            starts = [r.length + offset for r in batch] + zeros
+            return step_meta(
+                tables, starts, [q] * real + zeros, ps, q_len=q, max_pages=mp, device=self.device
+            )
+
+        metas = [meta(-2, 2)] + [meta(d - 1, 1) for d in range(1, self.k)]
+        seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
+        tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
+        m = self.model
+        kv, tokens, q = self._draft(
+            m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
+        )
+        self._donate(kv, "draft_step")
+        return tokens, q
+
+    def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
+        """Draft logits g [b, K+1, V] along the sent path [r, s_1..s_K] (writes its draft KV)."""
+        b = path.shape[0]
+        tables, mp = self._tables(batch, b)
+        lens = [self.k + 1] * len(batch) + [0] * (b - len(batch))
+        starts = [r.length - 1 for r in batch] + [0] * (b - len(batch))
+        meta = step_meta(
+            tables,
+            starts,
+            lens,
+            self.kv.page_size,
+            q_len=self.k + 1,
+            max_pages=mp,
+            device=self.device,
+        )
+        m = self.model
+        kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
+        self._donate(kv, "glue_step")
+        return g
+
+    def tree(
+        self,
+        batch: Sequence[Request],
+        cands: saguaro.Candidates,
+        saguaro_f: Tensor | None,
+        c: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]."""
+        b, st, keys = batch_inputs(batch, self.device)
+        tables, mp = self._tables(batch, b)
+        tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
+        mp = max(mp, pow2(len(self.pad_table)))
+        depths = cands.depth.tolist()
+        prefix = [r.length - 1 for r in batch] + [0] * (b - len(batch))
+        scratch = [p + self.k + 1 for p in prefix]
+        m = len(depths[0])
+        metas = [
+            tree_meta(
+                tables,
+                prefix,
+                depths,
+                t,
+                scratch,
+                self.kv.page_size,
+                q_len=m,
+                max_pages=mp,
+                device=self.device,
+            )
+            for t in range(self.k)
+        ]
+        mo = self.model
+        kv, tokens, q = self._tree(
+            mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
+        )
+        self._donate(kv, "tree_step")
+        return tokens, q
+
+
+class SDDrafter:
+    """Ordinary speculative decoding: draft K tokens from the committed prefix each round."""
+
+    def __init__(self, draft: DraftModel):
+        self.d, self.k = draft, draft.k
+
+    def admit(self, reqs: Sequence[Request]) -> None:
+        self.d.admit(reqs)
+
+    def release(self, req: Request) -> None:
+        self.d.release(req)
+
+    def observe(
+        self,
+        batch: Sequence[Request],
+        accepted: Sequence[int],
+        token: Sequence[int],
+        seconds: float,
+    ) -> None:
+        pass
+
+    def speculate(self, batch: Sequence[Request]) -> Speculation:
+        tokens, q = self.d.draft(batch, None, None)
+        point = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        return Speculation(tokens, q, point, [None] * len(batch))
+
+
+@dataclasses.dataclass
+class _Cache:
+    """The speculation cache built in the last round: per request row, M outcome branches."""
+
+    rows: dict[int, int]
+    cands: saguaro.Candidates
+    tokens: Tensor
+    q: Tensor
+
+
+class SSDDrafter(SDDrafter):
+    """Saguaro: answer each round from the speculation cache (backup on a miss), then build the
+    cache for every likely outcome of the round just sent.
+
+    `backup` is "neural" (draft just in time), "fast" (n-gram guess, a point mass) or "auto"
+    (per round, by the batch speed model of DESIGN.md §2 with the measured statistics).
+    """
+
+    def __init__(self, draft: DraftModel, fanout: Sequence[int], saguaro_c: float, backup: str):
+        super().__init__(draft)
+        if len(fanout) != self.k + 1 or min(fanout) < 0 or sum(fanout) < 1:
+            raise ValueError(
+                f"fan-out needs K+1 = {self.k + 1} entries >= 0, not all 0; got {list(fanout)}"
+            )
+        if backup not in ("neural", "fast", "auto"):
+            raise ValueError(f"backup must be 'neural', 'fast' or 'auto', got {backup!r}")
+        self.fanout, self.c, self.backup = list(fanout), saguaro_c, backup
+        self.budget = sum(fanout)
+        self.fast_fanout = saguaro.backup_fanout(self.budget, self.k)
+        self.cache: _Cache | None = None
+        self.outcome: dict[int, tuple[int, int]] = {}
+        self.policy = saguaro.BackupPolicy()
+
+    def observe(
+        self,
+        batch: Sequence[Request],
+        accepted: Sequence[int],
+        token: Sequence[int],
+        seconds: float,
+    ) -> None:
+        pol = self.policy
+        for r, a, t, h in zip(batch, accepted, token, self._hit, strict=True):
+            self.outcome[r.id] = (a, t)
+            pol.update("p_hit", float(h))
+            pol.update("e_hit" if h else f"e_{self._kind}", a + 1.0)
+        if seconds > 0:
+            pol.update("t_build", self._seconds["build"] / seconds)
+            if "neural" in self._seconds:
+                pol.update("t_neural", self._seconds["neural"] / seconds)
+
+    def release(self, req: Request) -> None:
+        super().release(req)
+        self.outcome.pop(req.id, None)
+
+    def _saguaro(self, b: int) -> tuple[Tensor | None, Tensor | None]:
+        if self.c >= 1:
+            return None, None
+        f = torch.tensor([x + 1 for x in self.fanout[: self.k]], device=self.d.device)
+        return f.expand(b, -1), torch.full((b,), self.c, device=self.d.device)
+
+    def speculate(self, batch: Sequence[Request]) -> Speculation:
+        dev, k = self.d.device, self.k
+        b = pow2(len(batch))
+        hit = self._lookup(batch)
+        kind = self.backup if self.backup != "auto" else self.policy.choose(len(batch))
+        f, c = self._saguaro(b)
+        self._hit, self._kind, self._seconds = hit, kind, {}
+        start = time.perf_counter()
+        if all(hit):
+            assert self.cache is not None
+            tokens, q = self._from_cache(batch, hit)
+            point = torch.zeros(b, dtype=torch.bool, device=dev)
+        elif kind == "neural":
+            tokens, q = self.d.draft(batch, f, c)
+            self._seconds["neural"] = time.perf_counter() - start
+            if any(hit):
+                cached_t, cached_q = self._from_cache(batch, hit)
+                h = _pad(torch.tensor(hit, device=dev), b)
+                tokens = torch.where(h[:, None], cached_t, tokens)
+                q = torch.where(h[:, None, None], cached_q, q)
+            point = torch.zeros(b, dtype=torch.bool, device=dev)
+        else:
+            guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch] + [[0] * k] * (
+                b - len(batch)
+            )
+            tokens = torch.tensor(guesses, dtype=torch.int64, device=dev)
+            vocab = self.d.model.cfg.vocab_size
+            q = torch.zeros(b, k, vocab, device=dev)
+            if any(hit):
+                cached_t, cached_q = self._from_cache(batch, hit)
+                h = _pad(torch.tensor(hit, device=dev), b)
+                tokens = torch.where(h[:, None], cached_t, tokens)
+                q = torch.where(h[:, None, None], cached_q, q)
+            point = ~_pad(torch.tensor(hit, device=dev), b)
+        start = time.perf_counter()
+        self._build(batch, tokens, hit, kind)
+        self._seconds["build"] = time.perf_counter() - start
+        return Speculation(tokens, q, point, list(hit))
+
+    def _lookup(self, batch: Sequence[Request]) -> list[bool]:
+        cache = self.cache
+        if cache is None:
+            return [False] * len(batch)
+        rows = [cache.rows.get(r.id, -1) for r in batch]
+        known = [r.id in self.outcome and row >= 0 for r, row in zip(batch, rows, strict=True)]
+        if not any(known):
+            return [False] * len(batch)
+        idx = torch.tensor([max(row, 0) for row in rows], device=self.d.device)
+        acc = torch.tensor(
+            [self.outcome.get(r.id, (-1, -1))[0] for r in batch], device=self.d.device
+        )
+        tok = torch.tensor(
+            [self.outcome.get(r.id, (-1, -1))[1] for r in batch], device=self.d.device
+        )
+        sub = saguaro.Candidates(cache.cands.token[idx], cache.cands.depth[idx])
+        found = saguaro.lookup(sub, acc, tok, torch.tensor(known, device=self.d.device))
+        self._branch = idx, found.branch
+        return [bool(h) for h in found.hit.tolist()]
+
+    def _from_cache(self, batch: Sequence[Request], hit: list[bool]) -> tuple[Tensor, Tensor]:
+        assert self.cache is not None
+        idx, branch = self._branch
+        b = pow2(len(batch))
+        tokens = _pad(self.cache.tokens[idx, branch], b)
+        q = _pad(self.cache.q[idx, branch], b)
+        return tokens, q
+
+    def _build(self, batch: Sequence[Request], tokens: Tensor, hit: list[bool], kind: str) -> None:
+        """Glue, fork and tree-decode the outcomes of the speculation just sent."""
+        b = tokens.shape[0]
+        r = torch.tensor([x.out[-1] for x in batch] + [0] * (b - len(batch)), device=self.d.device)
+        path = torch.cat([r[:, None], tokens], 1)
+        g = self.d.glue(batch, path)
+        lists = [self.fanout if h or kind == "neural" else self.fast_fanout for h in hit]
+        lists += [self.fanout] * (b - len(batch))
+        fan = saguaro.fanout_rows(lists).to(self.d.device)
+        fmax = max(max(x) for x in lists)
+        cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
+        f, c = self._saguaro(b)
+        branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
+        self.cache = _Cache({x.id: i for i, x in enumerate(batch)}, cands, branch_tokens, branch_q)
+
+
+def _pad(x: Tensor, b: int) -> Tensor:
+    if x.shape[0] == b:
+        return x
+    return torch.cat(
+        [x, torch.zeros((b - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)]
+    )

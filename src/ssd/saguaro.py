@@ -1,0 +1,140 @@
+"""Saguaro's pieces: fan-out allocation, the fork of candidate outcomes, cache lookup, and the
+fast (n-gram) backup guess.
+
+An outcome of a verification round is (k, t*): k drafts accepted, then the recovery or bonus
+token t*. The draft pre-speculates, for each sequence, the outcomes (j, c) with c among the
+top-F_j tokens of its own distribution g_j at depth j (excluding the drafted s_{j+1} for j < K:
+a rejected token is never the recovery token). DESIGN.md §2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ssd.tree import pytree_dataclass
+
+
+def geometric_fanout(budget: int, k: int, accept: float, power: float) -> list[int]:
+    """F_0..F_K summing to `budget`: F_j ∝ a^(j/(1+r)) for j < K, times (1-a)^(-1/(1+r)) at K.
+
+    This maximizes the hit probability when misses follow 1 - p_hit(F) = F^-r and accepted
+    lengths are capped-geometric with acceptance a. Rounded by largest remainder.
+    """
+    if budget < 1 or k < 1:
+        raise ValueError(f"fan-out budget and K must be >= 1, got budget={budget}, K={k}")
+    if not 0 <= accept < 1 or power <= 0:
+        raise ValueError(f"need acceptance in [0, 1) and power r > 0, got {accept}, {power}")
+    e = 1 / (1 + power)
+    w = [accept ** (j * e) for j in range(k)] + [accept ** (k * e) * (1 - accept) ** -e]
+    raw = [budget * x / sum(w) for x in w]
+    f = [int(x) for x in raw]
+    for j in sorted(range(k + 1), key=lambda j: f[j] - raw[j])[: budget - sum(f)]:
+        f[j] += 1
+    return f
+
+
+def backup_fanout(budget: int, k: int) -> list[int]:
+    """After a fast-backup round the speculation is nearly always rejected at once: put the
+    whole budget on depth 0."""
+    return [budget] + [0] * k
+
+
+def fanout_rows(lists: Sequence[Sequence[int]]) -> Tensor:
+    """Per-sequence fan-out lists (equal sums) as an int64 [B, K+1] tensor."""
+    sums = {sum(f) for f in lists}
+    if len(sums) != 1:
+        raise ValueError(f"fan-out lists in one round must have equal sums, got {sorted(sums)}")
+    return torch.tensor([list(f) for f in lists], dtype=torch.int64)
+
+
+@pytree_dataclass
+class Candidates:
+    """The M = sum(F) pre-speculated outcomes per sequence: token [B, M] and depth [B, M]."""
+
+    token: Tensor
+    depth: Tensor
+
+
+def fork(g: Tensor, drafted: Tensor, fanout: Tensor, budget: int, fmax: int) -> Candidates:
+    """Top-F_j tokens of the draft logits g [B, K+1, V] at each depth j, the drafted token s_{j+1}
+    excluded for j < K; per-sequence fan-out [B, K+1] with row sums `budget` and entries at most
+    `fmax` (both static).
+
+    Candidates are ordered by depth, then by descending logit.
+    """
+    b, k1, _ = g.shape
+    excluded = torch.nn.functional.pad(drafted, (0, 1), value=-1)  # nothing excluded at depth K
+    z = g.float().scatter(-1, excluded.clamp(min=0)[..., None], float("-inf"))
+    z = torch.where((excluded >= 0)[..., None], z, g.float())
+    top = z.topk(fmax, dim=-1).indices  # [B, K+1, fmax]
+    rank = torch.arange(fmax, device=g.device)
+    chosen = (rank < fanout[..., None]).flatten(1)  # [B, (K+1)*fmax], depth-major
+    depth = torch.arange(k1, device=g.device).repeat_interleave(fmax).expand(b, -1)
+    order = torch.sort(chosen.to(torch.int8), dim=1, descending=True, stable=True).indices
+    order = order[:, :budget]
+    return Candidates(token=top.flatten(1).gather(1, order), depth=depth.gather(1, order))
+
+
+@pytree_dataclass
+class Lookup:
+    """Per sequence: whether its outcome was pre-speculated, and the branch index if so."""
+
+    hit: Tensor
+    branch: Tensor
+
+
+def lookup(cands: Candidates, accepted: Tensor, token: Tensor, valid: Tensor) -> Lookup:
+    """Find outcome (accepted [B], token [B]) among the candidates; `valid` [B] False forces a
+    miss (a sequence's first round, or after preemption)."""
+    match = (cands.depth == accepted[:, None]) & (cands.token == token[:, None])
+    return Lookup(hit=match.any(1) & valid, branch=match.to(torch.int8).argmax(1))
+
+
+def ngram_guess(tokens: Sequence[int], k: int, max_n: int = 3) -> list[int]:
+    """Prompt-lookup guess of the next k tokens: find the latest earlier occurrence of the
+    longest suffix (up to `max_n` tokens) and copy what followed it; else repeat the last token.
+    A deterministic proposal, verified as a point mass."""
+    seq = list(tokens)
+    for n in range(min(max_n, len(seq) - 1), 0, -1):
+        suffix = seq[-n:]
+        for start in range(len(seq) - n - 1, -1, -1):
+            if seq[start : start + n] == suffix:
+                follow = seq[start + n : start + n + k]
+                return follow + [seq[-1]] * (k - len(follow))
+    return [seq[-1]] * k
+
+
+@dataclasses.dataclass
+class BackupPolicy:
+    """Picks the backup for a round from the batch speed model (DESIGN.md §2, Cor. 16):
+
+    tokens/time = [p E_hit + (1 - p) E_miss] / [p^b max(1, T_p) + (1 - p^b)(1 + T_b)]
+
+    with times relative to one verification; p (per-sequence hit rate), the accepted lengths
+    after hits and after each backup, and the times T_p (cache build), T_b (neural backup) are
+    running averages of the run's own measurements. A fast backup costs T_b ≈ 0.
+    """
+
+    p_hit: float = 0.5
+    e_hit: float = 2.0
+    e_neural: float = 2.0
+    e_fast: float = 1.0
+    t_build: float = 1.0
+    t_neural: float = 1.0
+    decay: float = 0.9
+
+    def speed(self, b: int, e_miss: float, t_backup: float) -> float:
+        all_hit = self.p_hit**b
+        tokens = self.p_hit * self.e_hit + (1 - self.p_hit) * e_miss
+        return tokens / (all_hit * max(1.0, self.t_build) + (1 - all_hit) * (1 + t_backup))
+
+    def choose(self, b: int) -> str:
+        neural = self.speed(b, self.e_neural, self.t_neural)
+        return "neural" if neural >= self.speed(b, self.e_fast, 0.0) else "fast"
+
+    def update(self, name: str, value: float) -> None:
+        setattr(self, name, self.decay * getattr(self, name) + (1 - self.decay) * value)

@@ -1,0 +1,108 @@
+"""Greedy: AR, SD and SSD give transformers' greedy tokens, whatever the draft proposes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import hf_greedy
+from ssd import LLM, SamplingParams
+from ssd.engine.ar import make_step
+from ssd.engine.requests import Request
+from ssd.engine.spec import SpecRunner, Speculation
+from ssd.jit import Step
+from ssd.kv import alloc_kv_cache
+from ssd.steps import verify_step
+
+NEW = 64
+PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [200, 1], [7, 7, 7, 7, 30, 31, 32, 33, 34, 35, 36, 90], [64]]
+GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
+PAIRS = [("llama", "llama_bias_gqa2"), ("qwen3_tied", "llama3_scaled_gqa4_tied")]
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints):
+    return {t: [hf_greedy(checkpoints[t], p, NEW) for p in PROMPTS] for t, _ in PAIRS}
+
+
+def generate(llm, prompts):
+    return [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+@pytest.mark.parametrize(("target", "draft"), PAIRS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "sd", "k": 3},
+        {"mode": "ssd", "k": 3, "backup": "neural"},
+        {"mode": "ssd", "k": 4, "backup": "fast", "fanout": [3, 2, 1, 1, 2]},
+        {"mode": "ssd", "k": 2, "backup": "auto", "saguaro_c": 0.5},
+    ],
+)
+def test_speculative_greedy_equals_transformers(target, draft, options, checkpoints, reference):
+    llm = LLM(checkpoints[target], draft=checkpoints[draft], max_batch=4, **options)
+    assert generate(llm, PROMPTS) == reference[target]  # batch of 4, mixed lengths
+    assert generate(llm, PROMPTS[2]) == reference[target][2:3]  # batch of 1
+
+
+@pytest.mark.parametrize("mode", ["sd", "ssd"])
+def test_draft_equal_to_target_accepts_everything(mode, checkpoints):
+    path = checkpoints["llama"]
+    llm = LLM(path, draft=path, mode=mode, k=3, max_batch=4)
+    out = generate(llm, PROMPTS)
+    assert out == generate(LLM(path, max_batch=4), PROMPTS)
+    m = llm.metrics
+    assert m is not None and m["acceptance_rate"] == 1.0
+    if mode == "ssd":  # every round after a sequence's first is a cache hit
+        assert m["cache_hit_rate"] == (m["rounds"] - len(PROMPTS)) / m["rounds"]
+        assert m["bonus_prediction_accuracy"] == m["cache_hit_rate"]
+
+
+@dataclasses.dataclass
+class OracleDrafter:
+    """Proposes the target's own greedy continuation with position `corrupt` changed, as a
+    point mass: every round must accept exactly `corrupt` tokens (K when corrupt == K)."""
+
+    k: int
+    corrupt: int
+    truth: dict[tuple[int, ...], list[int]]
+    vocab: int
+
+    def admit(self, reqs):
+        pass
+
+    def release(self, req):
+        pass
+
+    def observe(self, batch, accepted, token, seconds):
+        pass
+
+    def speculate(self, batch: list[Request]) -> Speculation:
+        rows = []
+        for r in batch:
+            cont = self.truth[tuple(r.prompt)]
+            row = (cont + [0] * (self.k + 1))[len(r.out) : len(r.out) + self.k]
+            if self.corrupt < self.k:
+                row[self.corrupt] = (row[self.corrupt] + 1) % self.vocab
+            rows.append(row)
+        tokens = torch.tensor(rows + [[0] * self.k] * (4 - len(rows)))
+        return Speculation(tokens, None, torch.ones(4, dtype=torch.bool), [None] * len(batch))
+
+
+@pytest.mark.parametrize("corrupt", [0, 1, 2, 3])
+def test_oracle_drafter_forces_every_accepted_length(corrupt, checkpoints, reference):
+    path, k = checkpoints["llama"], 3
+    llm = LLM(path, max_batch=4)
+    truth = {tuple(p): ref for p, ref in zip(PROMPTS, reference["llama"], strict=True)}
+    drafter = OracleDrafter(k, corrupt, truth, llm.model.cfg.vocab_size)
+    kv = alloc_kv_cache(llm.model.cfg, 64, 16)
+    verify = Step(verify_step, "eager")
+    runner = SpecRunner(llm.model, kv, make_step("eager"), verify, drafter, 4, llm.max_len)
+    llm.runner = runner  # a research drafter plugged into the same request loop
+    assert generate(llm, PROMPTS) == reference["llama"]
+    m = runner.metrics.summary()
+    assert m["acceptance_rate"] == corrupt / k
+    per_position = m["per_position_acceptance"]
+    assert per_position == [1.0 if i < corrupt else 0.0 for i in range(k)]
