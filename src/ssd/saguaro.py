@@ -66,7 +66,8 @@ def fork(g: Tensor, drafted: Tensor, fanout: Tensor, budget: int, fmax: int) -> 
 
     Candidates are ordered by depth, then by descending logit.
     """
-    b, k1, _ = g.shape
+    b, k1, vocab = g.shape
+    fmax = min(fmax, vocab)  # a larger fan-out names every token (and fills with repeats)
     excluded = torch.nn.functional.pad(drafted, (0, 1), value=-1)  # nothing excluded at depth K
     z = g.float().scatter(-1, excluded.clamp(min=0)[..., None], float("-inf"))
     z = torch.where((excluded >= 0)[..., None], z, g.float())
