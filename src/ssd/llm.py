@@ -11,12 +11,14 @@ from tqdm import tqdm
 
 from ssd.config import SamplingParams
 from ssd.engine.ar import ARRunner, make_step
-from ssd.engine.drafters import DraftModel, SDDrafter, SSDDrafter
+from ssd.engine.drafters import DraftConfig, make_drafter
+from ssd.engine.remote import RemoteDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
 from ssd.engine.spec import SpecRunner
 from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
-from ssd.models.loading import Model, load_model, load_tokenizer
+from ssd.models.config import ModelConfig
+from ssd.models.loading import load_model, load_tokenizer
 from ssd.saguaro import geometric_fanout
 from ssd.steps import verify_step
 
@@ -30,7 +32,11 @@ class LLM:
     speculative decoding with `k` draft tokens per round; "ssd" (the default with a draft) is
     Saguaro: a speculation cache over `fanout` (K+1 counts, or geometric from `budget`,
     `accept_estimate` and `power`), Saguaro sampling with constant `saguaro_c` (1 disables it)
-    and a `backup` on cache misses ("neural", "fast" n-gram, or "auto"). `jit` is "eager",
+    and a `backup` on cache misses ("neural", "fast" n-gram, or "auto"). With `draft_process`
+    the draft runs in its own process (on `draft_device`, or its own CPU core), answering each
+    round and then building the next cache while the target verifies; otherwise the same steps
+    run in this process, one after the other. Call `close()` (or use `with LLM(...)`) to stop
+    the draft process. `jit` is "eager",
     "compile" (torch.compile per shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
@@ -57,6 +63,8 @@ class LLM:
         max_model_len: int | None = None,
         page_size: int = 16,
         num_pages: int | None = None,
+        draft_process: bool = False,
+        draft_device: str | None = None,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -81,7 +89,8 @@ class LLM:
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
         mode_jit = jit or ("cudagraph" if device.type == "cuda" else "eager")
-        pages = num_pages or max_batch * -(-self.max_len // page_size)
+        lookahead = 0 if mode == "ar" else k + 1
+        pages = num_pages or max_batch * -(-(self.max_len + lookahead) // page_size)
         kv = alloc_kv_cache(cfg, pages, page_size, dtype=dtype, device=device)
         eos = set(cfg.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -93,26 +102,41 @@ class LLM:
             )
             return
         assert draft is not None
-        draft_model = load_model(draft, dtype=dtype, device=device)
-        check_pair(
-            self.model, self.tokenizer, draft_model, _tokenizer(draft, draft_model.cfg.vocab_size)
+        draft_cfg = ModelConfig.from_pretrained(draft)
+        check_pair(cfg, self.tokenizer, draft_cfg, _tokenizer(draft, draft_cfg.vocab_size))
+        if mode == "ssd" and fanout is None:
+            fanout = geometric_fanout(budget or 4 * (k + 1), k, accept_estimate, power)
+        dcfg = DraftConfig(
+            path=str(draft),
+            mode=mode,
+            k=k,
+            fanout=tuple(fanout or ()),
+            saguaro_c=saguaro_c,
+            backup=backup,
+            dtype=str(dtype).removeprefix("torch."),
+            device=str(draft_device or device),
+            jit=mode_jit,
+            max_len=self.max_len,
+            max_batch=max_batch,
+            page_size=page_size,
         )
-        if mode == "sd":
-            extra = k + 1
-        else:
-            if fanout is None:
-                fanout = geometric_fanout(budget or 4 * (k + 1), k, accept_estimate, power)
-            extra = k + 1 + k * sum(fanout)
-        draft_pages = max_batch * -(-(self.max_len + extra) // page_size)
-        draft_kv = alloc_kv_cache(
-            draft_model.cfg, draft_pages, page_size, dtype=dtype, device=device
-        )
-        dm = DraftModel(draft_model, draft_kv, k, mode_jit, self.max_len, extra)
-        drafter = SDDrafter(dm) if mode == "sd" else SSDDrafter(dm, fanout or [], saguaro_c, backup)
+        drafter = RemoteDrafter(dcfg) if draft_process else make_drafter(dcfg)
         verify = Step(verify_step, mode_jit, persistent=(0, 2))  # type: ignore[arg-type]
         self.runner = SpecRunner(
             self.model, kv, make_step(mode_jit), verify, drafter, max_batch, self.max_len
         )
+
+    def close(self) -> None:
+        """Stop the draft process, if any."""
+        drafter = getattr(self.runner, "drafter", None)
+        if isinstance(drafter, RemoteDrafter):
+            drafter.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def metrics(self) -> dict[str, float | list[float] | None] | None:
@@ -176,12 +200,12 @@ def _tokenizer(path: str | Path, vocab_size: int) -> Any:
     return load_tokenizer(path, vocab_size)
 
 
-def check_pair(target: Model, target_tok: Any, draft: Model, draft_tok: Any) -> None:
+def check_pair(target: ModelConfig, target_tok: Any, draft: ModelConfig, draft_tok: Any) -> None:
     """Refuse a draft whose vocabulary or tokenizer differs from the target's."""
-    if draft.cfg.vocab_size != target.cfg.vocab_size:
+    if draft.vocab_size != target.vocab_size:
         raise ValueError(
-            f"the draft's vocab_size {draft.cfg.vocab_size} differs from the target's "
-            f"{target.cfg.vocab_size}: speculative decoding needs one shared vocabulary"
+            f"the draft's vocab_size {draft.vocab_size} differs from the target's "
+            f"{target.vocab_size}: speculative decoding needs one shared vocabulary"
         )
     if (target_tok is None) != (draft_tok is None) or (
         target_tok is not None and target_tok.get_vocab() != draft_tok.get_vocab()

@@ -172,9 +172,18 @@ class SDDrafter:
         pass
 
     def speculate(self, batch: Sequence[Request]) -> Speculation:
+        """Answer the round, then prepare the next one (a remote worker replies in between)."""
+        spec = self.answer(batch)
+        self.prepare(batch, spec)
+        return spec
+
+    def answer(self, batch: Sequence[Request]) -> Speculation:
         tokens, q = self.d.draft(batch, None, None)
         point = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
+
+    def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
+        """Work for the next round that can overlap this round's verification (none in SD)."""
 
 
 @dataclasses.dataclass
@@ -237,7 +246,7 @@ class SSDDrafter(SDDrafter):
         f = torch.tensor([x + 1 for x in self.fanout[: self.k]], device=self.d.device)
         return f.expand(b, -1), torch.full((b,), self.c, device=self.d.device)
 
-    def speculate(self, batch: Sequence[Request]) -> Speculation:
+    def answer(self, batch: Sequence[Request]) -> Speculation:
         dev, k = self.d.device, self.k
         b = pow2(len(batch))
         hit = self._lookup(batch)
@@ -271,10 +280,12 @@ class SSDDrafter(SDDrafter):
                 tokens = torch.where(h[:, None], cached_t, tokens)
                 q = torch.where(h[:, None, None], cached_q, q)
             point = ~_pad(torch.tensor(hit, device=dev), b)
-        start = time.perf_counter()
-        self._build(batch, tokens, hit, kind)
-        self._seconds["build"] = time.perf_counter() - start
         return Speculation(tokens, q, point, list(hit))
+
+    def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
+        start = time.perf_counter()
+        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], self._kind)
+        self._seconds["build"] = time.perf_counter() - start
 
     def _lookup(self, batch: Sequence[Request]) -> list[bool]:
         cache = self.cache
@@ -326,3 +337,38 @@ def _pad(x: Tensor, b: int) -> Tensor:
     return torch.cat(
         [x, torch.zeros((b - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftConfig:
+    """Everything needed to build a drafter, in this process or in a draft worker process."""
+
+    path: str
+    mode: str  # "sd" or "ssd"
+    k: int
+    fanout: tuple[int, ...]  # SSD only
+    saguaro_c: float
+    backup: str
+    dtype: str
+    device: str
+    jit: str
+    max_len: int
+    max_batch: int
+    page_size: int
+
+
+def make_drafter(cfg: DraftConfig) -> SDDrafter:
+    """Load the draft checkpoint and build an SD or SSD drafter with its own KV pages."""
+    from ssd.kv import alloc_kv_cache
+    from ssd.models.loading import load_model
+
+    dtype = getattr(torch, cfg.dtype)
+    model = load_model(cfg.path, dtype=dtype, device=cfg.device)
+    # SD needs the glue lookahead; SSD also the K tree steps over all branches.
+    extra = cfg.k + 1 + (cfg.k * sum(cfg.fanout) if cfg.mode == "ssd" else 0)
+    pages = (cfg.max_batch + 1) * -(-(cfg.max_len + extra) // cfg.page_size)
+    kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
+    dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra)
+    if cfg.mode == "sd":
+        return SDDrafter(dm)
+    return SSDDrafter(dm, cfg.fanout, cfg.saguaro_c, cfg.backup)

@@ -103,16 +103,24 @@ class SpecRunner(ARRunner):
             admitted = self._admit(waiting, running)
             if admitted:
                 tokens = self._forward(admitted, prefill=True)
-                self.drafter.admit(admitted)
-                for req, tok in zip(admitted, tokens, strict=True):
-                    if req.append(tok, self.max_len):
-                        self.finish(req, running)
-                        on_finish(req)
+                done = [
+                    r for r, t in zip(admitted, tokens, strict=True) if r.append(t, self.max_len)
+                ]
+                live = [r for r in admitted if r not in done]
+                if live:  # the drafter starts from the prompt and its first token r
+                    self.drafter.admit(live)
+                for req in done:
+                    ARRunner.finish(self, req, running)  # never reached the drafter
+                    on_finish(req)
                 continue
             start = time.perf_counter()
             batch = list(running)
             spec = self.drafter.speculate(batch)
             verify_start = time.perf_counter()
+            wait = verify_start - start
+            self.metrics.target_wait_seconds += wait
+            # a draft in its own process reports its busy time; a local one is busy while we wait
+            self.metrics.draft_busy_seconds += getattr(self.drafter, "busy_seconds", wait)
             accepted, token, drafted = self._verify(batch, spec)
             verify_seconds = time.perf_counter() - verify_start
             self.drafter.observe(batch, accepted, token, verify_seconds)

@@ -1,0 +1,47 @@
+"""The draft in its own process (gloo, pinned to its own core): the same tokens as one process.
+
+Every test has a timeout, and faulthandler dumps all stacks on a hang (pytest's
+faulthandler_timeout), since a mismatched send/recv blocks silently.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import hf_greedy
+from ssd import LLM, SamplingParams
+
+PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [200, 1], [7, 7, 7, 7, 30, 31, 32, 33, 34, 35, 36, 90], [64]]
+GREEDY = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "sd", "k": 3},
+        {"mode": "ssd", "k": 3, "backup": "neural"},
+        {"mode": "ssd", "k": 4, "backup": "fast", "saguaro_c": 0.5},
+    ],
+)
+def test_greedy_in_two_processes_equals_transformers(options, checkpoints):
+    target, draft = checkpoints["llama"], checkpoints["llama_bias_gqa2"]
+    want = [hf_greedy(target, p, 64) for p in PROMPTS]
+    with LLM(target, draft=draft, max_batch=4, draft_process=True, **options) as llm:
+        batch = [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+        single = llm.generate(PROMPTS[1], GREEDY, use_tqdm=False)[0].token_ids
+        metrics = llm.metrics
+    assert batch == want and single == want[1]
+    assert metrics is not None and metrics["rounds"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_sampled_tokens_match_the_single_process_engine(checkpoints):
+    """Same seeds, same drafts, same coins: two processes give the one-process tokens."""
+    target = checkpoints["qwen3_tied"]
+    params = [SamplingParams(temperature=1.0, top_p=0.95, seed=s, max_tokens=20) for s in range(4)]
+    options = {"mode": "ssd", "k": 3, "backup": "neural", "saguaro_c": 0.5, "max_batch": 4}
+    local = LLM(target, draft=target, **options).generate(PROMPTS, params, use_tqdm=False)
+    with LLM(target, draft=target, draft_process=True, **options) as llm:
+        remote = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in remote] == [o.token_ids for o in local]
