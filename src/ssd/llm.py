@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -155,6 +156,36 @@ class LLM:
         A prompt that cannot run (empty, too long, ids outside the vocabulary) gets an output
         with `finish_reason="error"` and the reason in `error`; the others run normally.
         """
+        outputs, requests = self._requests(prompts, sampling_params)
+        bar = tqdm(total=len(requests), desc="generate", unit="req", disable=not use_tqdm)
+        for req, _ in self.runner.run(requests):
+            if req.finish_reason is not None:
+                self._fill(outputs[req.id], req)
+                bar.update()
+        bar.close()
+        return outputs
+
+    def generate_stream(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> Iterator[RequestOutput]:
+        """Like `generate`, but yields a request's output each time it gains tokens (after every
+        step in AR, every verification round in SD/SSD), with those tokens in `new_token_ids`.
+        Refused prompts are yielded first, once, with `finish_reason="error"`."""
+        outputs, requests = self._requests(prompts, sampling_params)
+        yield from (o for o in outputs if o.finish_reason == "error")
+        for req, n in self.runner.run(requests):
+            out = outputs[req.id]
+            self._fill(out, req)
+            out.new_token_ids = req.out[len(req.out) - n :]
+            yield dataclasses.replace(out, token_ids=list(out.token_ids))
+
+    def _requests(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+    ) -> tuple[list[RequestOutput], list[Request]]:
         prompts = _prompt_list(prompts)
         params = sampling_params or SamplingParams()
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
@@ -170,18 +201,12 @@ class LLM:
                 )
             except ValueError as e:
                 outputs[i].finish_reason, outputs[i].error = "error", str(e)
-        bar = tqdm(total=len(requests), desc="generate", unit="req", disable=not use_tqdm)
+        return outputs, requests
 
-        def finish(req: Request) -> None:
-            out = outputs[req.id]
-            out.token_ids, out.finish_reason = req.out, req.finish_reason
-            if self.tokenizer is not None:
-                out.text = self.tokenizer.decode(req.out, skip_special_tokens=True)
-            bar.update()
-
-        self.runner.run(requests, finish)
-        bar.close()
-        return outputs
+    def _fill(self, out: RequestOutput, req: Request) -> None:
+        out.token_ids, out.finish_reason = req.out, req.finish_reason
+        if self.tokenizer is not None:
+            out.text = self.tokenizer.decode(req.out, skip_special_tokens=True)
 
     def _encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -35,16 +35,18 @@ class ARRunner:
         self.pages = PageAllocator(kv.num_pages, kv.page_size)
         self.device = kv.k_pages.device
 
-    def run(self, requests: Sequence[Request], on_finish: Callable[[Request], None]) -> None:
+    def run(self, requests: Sequence[Request]) -> Iterator[tuple[Request, int]]:
+        """Run to completion, yielding (request, number of new tokens) as tokens are made."""
         waiting, running = deque(requests), list[Request]()
         while waiting or running:
             admitted = self._admit(waiting, running)
             batch = list(admitted or running)  # a copy: finished requests leave `running`
             tokens = self._forward(batch, prefill=bool(admitted))
             for req, tok in zip(batch, tokens, strict=True):
-                if req.append(tok, self.max_len):
+                done = req.append(tok, self.max_len)
+                yield req, 1
+                if done:
                     self.finish(req, running)
-                    on_finish(req)
 
     def _admit(self, waiting: deque[Request], running: list[Request]) -> list[Request]:
         """Start waiting requests while there is room; each reserves pages for its whole run."""

@@ -26,6 +26,7 @@ class RequestOutput:
     text: str = ""
     finish_reason: str | None = None
     error: str | None = None
+    new_token_ids: list[int] = dataclasses.field(default_factory=list)  # streaming: this step's
 
 
 @dataclasses.dataclass

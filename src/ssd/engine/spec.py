@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -96,7 +96,8 @@ class SpecRunner(ARRunner):
         super().finish(req, running)
         self.drafter.release(req)
 
-    def run(self, requests: Sequence[Request], on_finish: Callable[[Request], None]) -> None:
+    def run(self, requests: Sequence[Request]) -> Iterator[tuple[Request, int]]:
+        """Run to completion, yielding (request, number of new tokens) after each round."""
         self.metrics = SpecMetrics(self.k)
         waiting, running = deque(requests), list[Request]()
         while waiting or running:
@@ -109,9 +110,10 @@ class SpecRunner(ARRunner):
                 live = [r for r in admitted if r not in done]
                 if live:  # the drafter starts from the prompt and its first token r
                     self.drafter.admit(live)
+                for req in admitted:
+                    yield req, 1
                 for req in done:
                     ARRunner.finish(self, req, running)  # never reached the drafter
-                    on_finish(req)
                 continue
             start = time.perf_counter()
             batch = list(running)
@@ -135,9 +137,9 @@ class SpecRunner(ARRunner):
                 if spec.hit[i] is not None and accepted[i] == self.k:
                     self.metrics.bonus_rounds += 1
                     self.metrics.bonus_predicted += bool(spec.hit[i])
+                yield req, kept
                 if req.finish_reason is not None:
                     self.finish(req, running)
-                    on_finish(req)
             self.metrics.decode_seconds += time.perf_counter() - start
 
     def _verify(
