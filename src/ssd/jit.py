@@ -7,7 +7,7 @@ Modes:
   the per-call inputs copied into the graph's static buffers.
 
 Callers pad their inputs to buckets (:func:`bucket`) so the number of graphs stays small.
-Compiled graphs persist across processes in the inductor cache (:func:`use_persistent_cache`).
+Compiled graphs persist across processes in the inductor cache (:func:`configure_inductor`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
-def use_persistent_cache(path: str | Path | None = None) -> Path:
-    """Keep compiled graphs in ``$SSD_CACHE_DIR/inductor`` (default ~/.cache/ssd/inductor)."""
+def configure_inductor(path: str | Path | None = None) -> Path:
+    """Inductor settings for every compiled step: graphs persist in ``$SSD_CACHE_DIR/inductor``
+    (default ~/.cache/ssd/inductor), and bf16/fp16 intermediates round as in eager code."""
     root = Path(path or os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd")
     cache = root / "inductor"
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     torch._inductor.config.fx_graph_cache = True
+    # Round low-precision intermediates as eager does, so compiled bf16 gives eager's tokens.
+    torch._inductor.config.emulate_precision_casts = True
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
@@ -76,7 +79,7 @@ class Step:
         self.fn, self.mode, self.persistent = fn, mode, tuple(persistent)
         self._compiled = fn
         if mode != "eager":
-            use_persistent_cache()
+            configure_inductor()
             self._compiled = torch.compile(fn, fullgraph=True, dynamic=False)
         self._graphs: dict[tuple[Any, ...], _Graph] = {}
 
@@ -111,7 +114,8 @@ class _Graph:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.outputs = fn(*self.inputs)
+            outputs = fn(*self.inputs)
+        self.outputs, self.out_spec = pytree.tree_flatten(outputs)
 
     def replay(self, args: tuple[Any, ...]) -> Any:
         if _addresses(args, self.persistent) != self.addresses:
@@ -120,7 +124,9 @@ class _Graph:
             if i not in self.persistent:
                 pytree.tree_map(_copy_into, static, new)
         self.graph.replay()
-        return self.outputs
+        # Fresh containers around the same buffers: each call returns a new state object, so
+        # donation tracking sees one version per step.
+        return pytree.tree_unflatten(self.outputs, self.out_spec)
 
 
 def _clone(x: Any) -> Any:

@@ -15,17 +15,24 @@ from torch import Tensor
 
 from ssd import random as rnd
 from ssd.config import SamplingParams
-from ssd.tree import pytree_dataclass
+from ssd.tree import pytree_dataclass, static
 
 
 @pytree_dataclass
 class SamplingTensors:
-    """Per-row sampling parameters as tensors of shape [B] (see :class:`SamplingParams`)."""
+    """Per-row sampling parameters as tensors of shape [B] (see :class:`SamplingParams`).
+
+    Two static flags specialize the compiled code for the batch: `filtered` (some row uses
+    top-k, top-p or min-p: the transform must sort) and `greedy` (every row has temperature 0:
+    draws are argmaxes, no noise). Both only skip work; results are the same either way.
+    """
 
     temperature: Tensor
     top_k: Tensor
     top_p: Tensor
     min_p: Tensor
+    filtered: bool = static(default=True)
+    greedy: bool = static(default=False)
 
     @staticmethod
     def from_params(
@@ -44,6 +51,19 @@ class SamplingTensors:
             top_k=col("top_k", torch.int64),
             top_p=col("top_p", torch.float64),
             min_p=col("min_p", torch.float64),
+            filtered=any(r.top_k > 0 or r.top_p < 1 or r.min_p > 0 for r in rows),
+            greedy=all(r.temperature == 0 for r in rows),
+        )
+
+    def repeat_rows(self, n: int) -> SamplingTensors:
+        """Each row repeated n times (one per branch of a sequence)."""
+        return SamplingTensors(
+            temperature=self.temperature.repeat_interleave(n),
+            top_k=self.top_k.repeat_interleave(n),
+            top_p=self.top_p.repeat_interleave(n),
+            min_p=self.min_p.repeat_interleave(n),
+            filtered=self.filtered,
+            greedy=self.greedy,
         )
 
 
@@ -67,25 +87,35 @@ def probs_from_logits(logits: Tensor, st: SamplingTensors) -> Tensor:
         )
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(dtype)
-    vocab = z.shape[-1]
     t = _per_row(st.temperature, z).to(dtype)
     greedy = t == 0
     z = z / torch.where(greedy, torch.ones_like(t), t)
 
+    if st.filtered:
+        z = z.masked_fill(~_kept(z, st), float("-inf"))
+    probs = torch.softmax(z, dim=-1)
+    one_hot = torch.zeros_like(probs).scatter(-1, z.argmax(-1, keepdim=True), 1.0)
+    return torch.where(greedy, one_hot, probs)
+
+
+def _kept(z: Tensor, st: SamplingTensors) -> Tensor:
+    """The tokens that survive top-k, then top-p, then min-p (bool, like z)."""
     sorted_z, order = torch.sort(z, dim=-1, descending=True, stable=True)
+    vocab = z.shape[-1]
     rank = torch.arange(vocab, device=z.device)
     k = _per_row(st.top_k, z)
     keep = rank < torch.where(k > 0, k, vocab)
     sorted_p = torch.softmax(sorted_z.masked_fill(~keep, float("-inf")), dim=-1)
     mass_before = sorted_p.cumsum(-1) - sorted_p
-    top_p = _per_row(st.top_p, z).to(dtype)
+    top_p = _per_row(st.top_p, z).to(z.dtype)
     keep = keep & ((mass_before < top_p) | (top_p >= 1))
-    keep = keep & (sorted_p >= _per_row(st.min_p, z).to(dtype) * sorted_p[..., :1])
-    keep = torch.zeros_like(keep).scatter(-1, order, keep)
+    keep = keep & (sorted_p >= _per_row(st.min_p, z).to(z.dtype) * sorted_p[..., :1])
+    return torch.zeros_like(keep).scatter(-1, order, keep)
 
-    probs = torch.softmax(z.masked_fill(~keep, float("-inf")), dim=-1)
-    one_hot = torch.zeros_like(probs).scatter(-1, z.argmax(-1, keepdim=True), 1.0)
-    return torch.where(greedy, one_hot, probs)
+
+def draw(probs: Tensor, key: Tensor, greedy: bool) -> Tensor:
+    """`sample`, or the argmax when every row is one-hot (`greedy`, static): the same token."""
+    return probs.argmax(-1) if greedy else sample(probs, key)
 
 
 def sample(probs: Tensor, key: Tensor) -> Tensor:
@@ -191,13 +221,15 @@ def verify_chain(
     tokens: Tensor,
     key: Tensor,
     point_mass: Tensor | None = None,
+    greedy: bool = False,
 ) -> Verification:
     """Batched exact verification of K drafted tokens per row.
 
     p [B, K+1, V]: target distributions after [r, s_1..s_K]; q [B, K, V]: the distributions the
     drafts were sampled from (None, or rows flagged in `point_mass`, for deterministic
     proposals); tokens [B, K]; key [B, 2]. Accept s_{i+1} while u_i < min(1, p_i/q_i); at the
-    first rejection draw from the residual, else draw the bonus token from p_K.
+    first rejection draw from the residual, else draw the bonus token from p_K. `greedy`
+    (static) promises one-hot p rows and skips the noise.
     """
     check_verify_inputs(p, q, tokens, key, point_mass)
     b, k1, vocab = p.shape
@@ -209,7 +241,7 @@ def verify_chain(
     at_n = n.reshape(b, 1, 1).expand(b, 1, vocab)
     q_ext = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # q_K = 0: residual(p_K, 0) = p_K
     dist = residual(p.gather(1, at_n).squeeze(1), q_ext.gather(1, at_n).squeeze(1), normalize=False)
-    return Verification(num_accepted=n, next_token=sample(dist, keys[:, 1]))
+    return Verification(num_accepted=n, next_token=draw(dist, keys[:, 1], greedy))
 
 
 def chain_law(

@@ -25,6 +25,7 @@ from ssd.models.llama import Params, forward_unchecked
 from ssd.sampling import (
     SamplingTensors,
     Verification,
+    draw,
     probs_from_logits,
     saguaro_q,
     sample,
@@ -34,13 +35,11 @@ from ssd.sampling import (
 DRAFT, VERIFY = 1, 2
 
 
-def sample_next(
-    logits: Tensor, st: SamplingTensors, keys: Tensor, positions: Tensor, greedy_only: bool
-) -> Tensor:
+def sample_next(logits: Tensor, st: SamplingTensors, keys: Tensor, positions: Tensor) -> Tensor:
     """One token per row from logits [B, V]; row b draws with key fold_in(keys[b], positions[b]),
-    its request's stream at the position the token will occupy. `greedy_only` (static) skips
-    the transform and noise when every row is greedy; it picks the same token."""
-    if greedy_only:
+    its request's stream at the position the token will occupy. An all-greedy batch skips the
+    transform and the noise; it picks the same token."""
+    if st.greedy:
         return logits.argmax(-1)
     return sample(probs_from_logits(logits, st), rnd.fold_in(keys, positions))
 
@@ -59,7 +58,6 @@ def decode_step(
     last: Tensor,
     st: SamplingTensors,
     keys: Tensor,
-    greedy_only: bool = False,
 ) -> tuple[KVCache, Tensor]:
     """Feed tokens [B, Q] (a prompt, a prompt chunk or one new token per sequence), write their
     KV, and sample each sequence's next token from the logits at query index `last` [B].
@@ -69,7 +67,7 @@ def decode_step(
     """
     logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
     position = _rows(meta.positions, last) + 1
-    return kv, sample_next(_rows(logits, last), st, keys, position, greedy_only)
+    return kv, sample_next(_rows(logits, last), st, keys, position)
 
 
 prefill_step = decode_step
@@ -108,7 +106,7 @@ def draft_step(
     for d, meta in enumerate(metas):
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
         q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
-        tok = sample(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1))
+        tok = draw(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1), st.greedy)
         out.append(tok)
         qs.append(q)
         inp = tok[:, None]
@@ -131,7 +129,7 @@ def verify_step(
     logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
     p = probs_from_logits(logits, st)
     verify_keys = rnd.fold_in(rnd.fold_in(keys, VERIFY), meta.positions[:, 0])
-    return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass)
+    return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass, st.greedy)
 
 
 def glue_step(
@@ -158,9 +156,7 @@ def tree_step(
     recovery/bonus tokens; each branch is an independent chain (mask and positions in `metas`).
     Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome."""
     b, m = roots.shape
-    st_m = SamplingTensors(
-        *(x.repeat_interleave(m) for x in (st.temperature, st.top_k, st.top_p, st.min_p))
-    )
+    st_m = st.repeat_rows(m)
     branch_keys = rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
     c_m = None if c is None else c.repeat_interleave(m)
     out, qs = [], []
@@ -169,7 +165,7 @@ def tree_step(
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
         f = None if fanout is None else fanout[:, d].repeat_interleave(m)
         q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
-        tok = sample(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1))
+        tok = draw(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1), st.greedy)
         out.append(tok.view(b, m))
         qs.append(q.view(b, m, -1))
         inp = out[-1]

@@ -95,10 +95,9 @@ class ARRunner:
         st = SamplingTensors.from_params(params, device=self.device)
         seeds = torch.tensor([r.seed for r in batch] + [0] * pad, dtype=torch.int64)
         last = torch.tensor([n - 1 for n in lens] + [0] * pad, device=self.device)
-        greedy = all(p.temperature == 0 for p in params)
         m = self.model
         kv, nxt = self.step(
-            m.params, m.cfg, self.kv, tokens, meta, last, st, rnd.key(seeds).to(self.device), greedy
+            m.params, m.cfg, self.kv, tokens, meta, last, st, rnd.key(seeds).to(self.device)
         )
         self.kv = donate(self.kv, kv, "decode_step")
         return nxt.tolist()[: len(batch)]
