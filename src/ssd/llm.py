@@ -20,7 +20,6 @@ from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
 from ssd.models.config import ModelConfig
 from ssd.models.loading import load_model, load_tokenizer
-from ssd.saguaro import geometric_fanout
 from ssd.steps import verify_step
 
 Prompt = str | Sequence[int]
@@ -31,8 +30,10 @@ class LLM:
 
     `mode="ar"` (the default when no draft is given) decodes autoregressively; "sd" is ordinary
     speculative decoding with `k` draft tokens per round; "ssd" (the default with a draft) is
-    Saguaro: a speculation cache over `fanout` (K+1 counts, or geometric from `budget`,
-    `accept_estimate` and `power`), Saguaro sampling with constant `saguaro_c` (1 disables it)
+    Saguaro: a speculation cache over `fanout` (K+1 counts), or over the geometric allocation
+    of `budget` branches (default 4(K+1)) for acceptance `accept_estimate` and power-law
+    exponent `power`, each estimated online when not given; Saguaro sampling with constant
+    `saguaro_c` (1 disables it)
     and a `backup` on cache misses ("neural", "fast" n-gram, or "auto"). With `draft_process`
     the draft runs in its own process (on `draft_device`, or its own CPU core), answering each
     round and then building the next cache while the target verifies; otherwise the same steps
@@ -55,8 +56,8 @@ class LLM:
         budget: int | None = None,
         saguaro_c: float = 1.0,
         backup: str = "neural",
-        accept_estimate: float = 0.7,
-        power: float = 1.0,
+        accept_estimate: float | None = None,
+        power: float | None = None,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         jit: str | None = None,
@@ -105,13 +106,14 @@ class LLM:
         assert draft is not None
         draft_cfg = ModelConfig.from_pretrained(draft)
         check_pair(cfg, self.tokenizer, draft_cfg, _tokenizer(draft, draft_cfg.vocab_size))
-        if mode == "ssd" and fanout is None:
-            fanout = geometric_fanout(budget or 4 * (k + 1), k, accept_estimate, power)
         dcfg = DraftConfig(
             path=str(draft),
             mode=mode,
             k=k,
             fanout=tuple(fanout or ()),
+            budget=budget or 4 * (k + 1),
+            accept=accept_estimate,
+            power=power,
             saguaro_c=saguaro_c,
             backup=backup,
             dtype=str(dtype).removeprefix("torch."),

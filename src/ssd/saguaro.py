@@ -10,6 +10,7 @@ a rejected token is never the recovery token). DESIGN.md §2.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -139,3 +140,60 @@ class BackupPolicy:
 
     def update(self, name: str, value: float) -> None:
         setattr(self, name, self.decay * getattr(self, name) + (1 - self.decay) * value)
+
+
+@dataclasses.dataclass
+class FanoutEstimator:
+    """The geometric fan-out with a_p and r given, or estimated online from the run itself.
+
+    a_p: the per-token acceptance of primary (cache-hit) speculations, the MLE of a geometric
+    law from accepted counts (a rejection ends a round early; a full round has none). r: the
+    MLE of miss probability F^-r from the cache's own lookups, with F the fan-out at the
+    realized depth (lookups with F >= 2).
+    """
+
+    budget: int
+    k: int
+    accept: float = 0.7
+    power: float = 1.0
+    learn_accept: bool = True
+    learn_power: bool = True
+    accepted: int = 0
+    rejections: int = 0
+    by_fanout: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # F: [hit, miss]
+
+    def observe_round(self, accepted: int) -> None:
+        self.accepted += accepted
+        self.rejections += accepted < self.k
+
+    def observe_lookup(self, hit: bool, fanout_at_depth: int) -> None:
+        if fanout_at_depth >= 2:
+            self.by_fanout.setdefault(fanout_at_depth, [0, 0])[0 if hit else 1] += 1
+
+    def estimates(self) -> tuple[float, float]:
+        a, r = self.accept, self.power
+        if self.learn_accept and self.accepted + self.rejections >= 16:
+            a = min(0.95, max(0.05, self.accepted / (self.accepted + self.rejections)))
+        hits = sum(h for h, _ in self.by_fanout.values())
+        misses = sum(m for _, m in self.by_fanout.values())
+        if self.learn_power and hits + misses >= 16 and hits and misses:
+            r = self._power_mle()
+        return a, r
+
+    def _power_mle(self, lo: float = 0.05, hi: float = 8.0) -> float:
+        """Root of the score of sum_F [h_F log(1 - F^-r) - m_F r log F] (decreasing in r)."""
+
+        def score(r: float) -> float:
+            total = 0.0
+            for f, (h, m) in self.by_fanout.items():
+                lf, x = math.log(f), f**-r
+                total += h * lf * x / (1 - x) - m * lf
+            return total
+
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if score(mid) > 0 else (lo, mid)
+        return (lo + hi) / 2
+
+    def fanout(self) -> list[int]:
+        return geometric_fanout(self.budget, self.k, *self.estimates())

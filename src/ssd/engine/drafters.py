@@ -191,6 +191,8 @@ class _Cache:
     """The speculation cache built in the last round: per request row, M outcome branches."""
 
     rows: dict[int, int]
+    primary: list[bool]  # row built with the primary fan-out (not after a fast backup)
+    fanout: list[int]  # the primary fan-out of that round
     cands: saguaro.Candidates
     tokens: Tensor
     q: Tensor
@@ -204,8 +206,18 @@ class SSDDrafter(SDDrafter):
     (per round, by the batch speed model of DESIGN.md §2 with the measured statistics).
     """
 
-    def __init__(self, draft: DraftModel, fanout: Sequence[int], saguaro_c: float, backup: str):
+    def __init__(
+        self,
+        draft: DraftModel,
+        fanout: Sequence[int] | saguaro.FanoutEstimator,
+        saguaro_c: float,
+        backup: str,
+    ):
         super().__init__(draft)
+        self.estimator = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
+        if self.estimator is not None:
+            fanout = self.estimator.fanout()
+        assert not isinstance(fanout, saguaro.FanoutEstimator)
         if len(fanout) != self.k + 1 or min(fanout) < 0 or sum(fanout) < 1:
             raise ValueError(
                 f"fan-out needs K+1 = {self.k + 1} entries >= 0, not all 0; got {list(fanout)}"
@@ -229,6 +241,8 @@ class SSDDrafter(SDDrafter):
         pol = self.policy
         for r, a, t, h in zip(batch, accepted, token, self._hit, strict=True):
             self.outcome[r.id] = (a, t)
+            if h and self.estimator is not None:
+                self.estimator.observe_round(a)
             pol.update("p_hit", float(h))
             pol.update("e_hit" if h else f"e_{self._kind}", a + 1.0)
         if seconds > 0:
@@ -305,7 +319,13 @@ class SSDDrafter(SDDrafter):
         sub = saguaro.Candidates(cache.cands.token[idx], cache.cands.depth[idx])
         found = saguaro.lookup(sub, acc, tok, torch.tensor(known, device=self.d.device))
         self._branch = idx, found.branch
-        return [bool(h) for h in found.hit.tolist()]
+        hits = [bool(h) for h in found.hit.tolist()]
+        if self.estimator is not None:
+            for ok, row, h, n in zip(known, rows, hits, acc.tolist(), strict=True):
+                if ok and cache.primary[row]:
+                    self.estimator.observe_lookup(h, cache.fanout[n])
+            self.fanout = self.estimator.fanout()
+        return hits
 
     def _from_cache(self, batch: Sequence[Request], hit: list[bool]) -> tuple[Tensor, Tensor]:
         assert self.cache is not None
@@ -328,7 +348,9 @@ class SSDDrafter(SDDrafter):
         cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
         f, c = self._saguaro(b)
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
-        self.cache = _Cache({x.id: i for i, x in enumerate(batch)}, cands, branch_tokens, branch_q)
+        rows = {x.id: i for i, x in enumerate(batch)}
+        primary = [lst is self.fanout for lst in lists]
+        self.cache = _Cache(rows, primary, list(self.fanout), cands, branch_tokens, branch_q)
 
 
 def _pad(x: Tensor, b: int) -> Tensor:
@@ -346,7 +368,7 @@ class DraftConfig:
     path: str
     mode: str  # "sd" or "ssd"
     k: int
-    fanout: tuple[int, ...]  # SSD only
+    fanout: tuple[int, ...]  # SSD: a fixed list, or empty for the geometric estimator
     saguaro_c: float
     backup: str
     dtype: str
@@ -355,6 +377,9 @@ class DraftConfig:
     max_len: int
     max_batch: int
     page_size: int
+    budget: int = 0  # SSD with the estimator: the sum of the fan-out
+    accept: float | None = None  # a_p; None: estimated online
+    power: float | None = None  # r; None: estimated online
 
 
 def make_drafter(cfg: DraftConfig) -> SDDrafter:
@@ -365,10 +390,21 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     dtype = getattr(torch, cfg.dtype)
     model = load_model(cfg.path, dtype=dtype, device=cfg.device)
     # SD needs the glue lookahead; SSD also the K tree steps over all branches.
-    extra = cfg.k + 1 + (cfg.k * sum(cfg.fanout) if cfg.mode == "ssd" else 0)
+    budget = sum(cfg.fanout) or cfg.budget
+    extra = cfg.k + 1 + (cfg.k * budget if cfg.mode == "ssd" else 0)
     pages = (cfg.max_batch + 1) * -(-(cfg.max_len + extra) // cfg.page_size)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra)
     if cfg.mode == "sd":
         return SDDrafter(dm)
-    return SSDDrafter(dm, cfg.fanout, cfg.saguaro_c, cfg.backup)
+    fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout
+    if not cfg.fanout:
+        fanout = saguaro.FanoutEstimator(
+            budget,
+            cfg.k,
+            accept=0.7 if cfg.accept is None else cfg.accept,
+            power=1.0 if cfg.power is None else cfg.power,
+            learn_accept=cfg.accept is None,
+            learn_power=cfg.power is None,
+        )
+    return SSDDrafter(dm, fanout, cfg.saguaro_c, cfg.backup)
