@@ -9,6 +9,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ssd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text, streamed (default: SmolLM2-135M)")
+    gen.add_argument("prompts", nargs="+")
+    gen.add_argument("--target", help="HF checkpoint dir (default: SmolLM2-135M-Instruct)")
+    gen.add_argument("--draft", help="draft checkpoint dir (enables --mode sd/ssd)")
+    gen.add_argument("--mode", choices=["ar", "sd", "ssd"], default=None)
+    gen.add_argument("--k", type=int, default=4)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    gen.add_argument("--draft-process", action="store_true", help="run the draft in a process")
     demo = sub.add_parser("demo", help="speculative sampling on a toy model pair, checked exactly")
     demo.add_argument("--rows", type=int, default=200_000)
     demo.add_argument("--k", type=int, default=4)
@@ -26,10 +38,43 @@ def main(argv: list[str] | None = None) -> int:
     from ssd.models.smollm2 import PrepareError, prepare_smollm2
 
     try:
-        print(prepare_smollm2(args.cache_dir, force=args.force))
-    except PrepareError as e:
+        if args.command == "prepare-smollm2":
+            print(prepare_smollm2(args.cache_dir, force=args.force))
+            return 0
+        return _generate(args, args.target or prepare_smollm2())
+    except (PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _generate(args: argparse.Namespace, target: object) -> int:
+    from ssd import LLM, SamplingParams
+
+    options = {"draft": args.draft, "mode": args.mode, "k": args.k} if args.draft else {}
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    with LLM(target, draft_process=args.draft_process, **options) as llm:  # type: ignore[arg-type]
+        for prompt in args.prompts:
+            if args.chat:
+                messages = [{"role": "user", "content": prompt}]
+                prompt = llm.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            shown = ""
+            for out in llm.generate_stream(prompt, params):
+                if out.error:
+                    print(f"error: {out.error}", file=sys.stderr)
+                    return 1
+                print(out.text[len(shown) :], end="", flush=True)
+                shown = out.text
+            print()
+        if llm.metrics:
+            m = llm.metrics
+            print(f"[{llm.mode}] acceptance {m['acceptance_rate']}, τ {m['mean_accepted_length']}")
     return 0
 
 

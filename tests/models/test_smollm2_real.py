@@ -60,3 +60,14 @@ def test_greedy_chat_replies_match_transformers(smollm2):
         assert out.token_ids == want
         assert out.text == tok.decode(want, skip_special_tokens=True)
     assert "Paris" in outs[0].text
+
+
+def test_cli_generate_streams_a_chat_reply(smollm2, capsys):
+    from ssd.cli import main
+
+    path = smollm2[0]
+    args = ["generate", "--target", str(path), "--chat", "--max-tokens", "12", CHATS[0]]
+    assert main(args) == 0
+    assert "Paris" in capsys.readouterr().out
+    assert main(["generate", "--target", str(path), "--max-tokens", "0", "hi"]) == 1
+    assert "max_tokens" in capsys.readouterr().err
