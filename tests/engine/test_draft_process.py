@@ -24,8 +24,12 @@ GREEDY = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
         {"mode": "ssd", "k": 4, "backup": "fast", "saguaro_c": 0.5},
     ],
 )
-def test_greedy_in_two_processes_equals_transformers(options, checkpoints):
-    target, draft = checkpoints["llama"], checkpoints["llama_bias_gqa2"]
+@pytest.mark.parametrize(
+    ("target_name", "draft_name"),
+    [("llama", "llama_bias_gqa2"), ("qwen3_tied", "llama3_scaled_gqa4_tied")],
+)
+def test_greedy_in_two_processes_equals_transformers(options, target_name, draft_name, checkpoints):
+    target, draft = checkpoints[target_name], checkpoints[draft_name]
     want = [hf_greedy(target, p, 64) for p in PROMPTS]
     with LLM(target, draft=draft, max_batch=4, draft_process=True, **options) as llm:
         batch = [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]

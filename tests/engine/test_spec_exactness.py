@@ -100,8 +100,9 @@ CASES = {
         None,
     ),
     "ssd always miss": ({"mode": "ssd", "backup": "neural"}, FILTERED, always_miss),
-    "ssd adversarial fast C=0.2": (
-        {"mode": "ssd", "backup": "fast", "saguaro_c": 0.2, "fanout": [3, 1, 2]},
+    "ssd auto backup C=0.5": ({"mode": "ssd", "backup": "auto", "saguaro_c": 0.5}, FILTERED, None),
+    "ssd adversarial fast C=0.5": (
+        {"mode": "ssd", "backup": "fast", "saguaro_c": 0.5, "fanout": [3, 1, 2]},
         FLAT,
         shuffled_cache,
     ),
