@@ -191,8 +191,8 @@ class _Cache:
     """The speculation cache built in the last round: per request row, M outcome branches."""
 
     rows: dict[int, int]
-    primary: list[bool]  # row built with the primary fan-out (not after a fast backup)
-    fanout: list[int]  # the primary fan-out of that round
+    primary: list[bool]  # row built with its primary fan-out (not after a fast backup)
+    fanouts: list[list[int]]  # each row's primary fan-out that round
     cands: saguaro.Candidates
     tokens: Tensor
     q: Tensor
@@ -214,9 +214,12 @@ class SSDDrafter(SDDrafter):
         backup: str,
     ):
         super().__init__(draft)
-        self.estimator = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
-        if self.estimator is not None:
-            fanout = self.estimator.fanout()
+        # Each request plans its own fan-out from its own statistics, so its tokens never
+        # depend on what else shares its batch.
+        self.template = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
+        self.estimators: dict[int, saguaro.FanoutEstimator] = {}
+        if self.template is not None:
+            fanout = self.template.fanout()
         assert not isinstance(fanout, saguaro.FanoutEstimator)
         if len(fanout) != self.k + 1 or min(fanout) < 0 or sum(fanout) < 1:
             raise ValueError(
@@ -241,8 +244,8 @@ class SSDDrafter(SDDrafter):
         pol = self.policy
         for r, a, t, h in zip(batch, accepted, token, self._hit, strict=True):
             self.outcome[r.id] = (a, t)
-            if h and self.estimator is not None:
-                self.estimator.observe_round(a)
+            if h and self.template is not None:
+                self._estimator(r.id).observe_round(a)
             pol.update("p_hit", float(h))
             pol.update("e_hit" if h else f"e_{self._kind}", a + 1.0)
         if seconds > 0:
@@ -253,19 +256,33 @@ class SSDDrafter(SDDrafter):
     def release(self, req: Request) -> None:
         super().release(req)
         self.outcome.pop(req.id, None)
+        self.estimators.pop(req.id, None)
 
-    def _saguaro(self, b: int) -> tuple[Tensor | None, Tensor | None]:
+    def _estimator(self, rid: int) -> saguaro.FanoutEstimator:
+        assert self.template is not None
+        if rid not in self.estimators:
+            self.estimators[rid] = dataclasses.replace(self.template, by_fanout={})
+        return self.estimators[rid]
+
+    def _fanouts(self, batch: Sequence[Request], b: int) -> list[list[int]]:
+        """The primary fan-out of each row (padding rows: the default)."""
+        if self.template is None:
+            return [self.fanout] * b
+        return [self._estimator(r.id).fanout() for r in batch] + [self.fanout] * (b - len(batch))
+
+    def _saguaro(self, batch: Sequence[Request], b: int) -> tuple[Tensor | None, Tensor | None]:
         if self.c >= 1:
             return None, None
-        f = torch.tensor([x + 1 for x in self.fanout[: self.k]], device=self.d.device)
-        return f.expand(b, -1), torch.full((b,), self.c, device=self.d.device)
+        rows = [[x + 1 for x in f[: self.k]] for f in self._fanouts(batch, b)]
+        f = torch.tensor(rows, device=self.d.device)
+        return f, torch.full((b,), self.c, device=self.d.device)
 
     def answer(self, batch: Sequence[Request]) -> Speculation:
         dev, k = self.d.device, self.k
         b = pow2(len(batch))
         hit = self._lookup(batch)
         kind = self.backup if self.backup != "auto" else self.policy.choose(len(batch))
-        f, c = self._saguaro(b)
+        f, c = self._saguaro(batch, b)
         self._hit, self._kind, self._seconds = hit, kind, {}
         start = time.perf_counter()
         if all(hit):
@@ -320,11 +337,10 @@ class SSDDrafter(SDDrafter):
         found = saguaro.lookup(sub, acc, tok, torch.tensor(known, device=self.d.device))
         self._branch = idx, found.branch
         hits = [bool(h) for h in found.hit.tolist()]
-        if self.estimator is not None:
-            for ok, row, h, n in zip(known, rows, hits, acc.tolist(), strict=True):
+        if self.template is not None:
+            for r, ok, row, h, n in zip(batch, known, rows, hits, acc.tolist(), strict=True):
                 if ok and cache.primary[row]:
-                    self.estimator.observe_lookup(h, cache.fanout[n])
-            self.fanout = self.estimator.fanout()
+                    self._estimator(r.id).observe_lookup(h, cache.fanouts[row][n])
         return hits
 
     def _from_cache(self, batch: Sequence[Request], hit: list[bool]) -> tuple[Tensor, Tensor]:
@@ -341,16 +357,18 @@ class SSDDrafter(SDDrafter):
         r = torch.tensor([x.out[-1] for x in batch] + [0] * (b - len(batch)), device=self.d.device)
         path = torch.cat([r[:, None], tokens], 1)
         g = self.d.glue(batch, path)
-        lists = [self.fanout if h or kind == "neural" else self.fast_fanout for h in hit]
-        lists += [self.fanout] * (b - len(batch))
+        fanouts = self._fanouts(batch, b)
+        primary = [True] * b
+        for i, h in enumerate(hit):  # after a fast backup, budget at depth 0
+            primary[i] = h or kind == "neural"
+        lists = [f if p else self.fast_fanout for f, p in zip(fanouts, primary, strict=True)]
         fan = saguaro.fanout_rows(lists).to(self.d.device)
         fmax = max(max(x) for x in lists)
         cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
-        f, c = self._saguaro(b)
+        f, c = self._saguaro(batch, b)
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
         rows = {x.id: i for i, x in enumerate(batch)}
-        primary = [lst is self.fanout for lst in lists]
-        self.cache = _Cache(rows, primary, list(self.fanout), cands, branch_tokens, branch_q)
+        self.cache = _Cache(rows, primary, fanouts, cands, branch_tokens, branch_q)
 
 
 def _pad(x: Tensor, b: int) -> Tensor:
