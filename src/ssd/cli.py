@@ -5,14 +5,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Subcommands with their own parsers (see their modules): the rest of argv is theirs.
+_DELEGATED = {
+    "distill": ("ssd.distill.pipeline", "train a draft for a target by distillation"),
+    "eval-pair": ("ssd.distill.evaluate", "acceptance of a target/draft pair, per category"),
+    "prepare-draft": ("ssd.distill.pipeline", "assemble the distilled SmolLM2 draft (cached)"),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        module = importlib.import_module(_DELEGATED[argv[0]][0])
+        entry = module.prepare_main if argv[0] == "prepare-draft" else module.main
+        return int(entry(argv[1:]))
     parser = argparse.ArgumentParser(prog="ssd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text + f" (`ssd {name} -h`)", add_help=False)
     gen = sub.add_parser("generate", help="generate text, streamed (default: SmolLM2-135M)")
     gen.add_argument("prompts", nargs="+")
     gen.add_argument("--target", help="HF checkpoint dir (default: SmolLM2-135M-Instruct)")
-    gen.add_argument("--draft", help="draft checkpoint dir (enables --mode sd/ssd)")
+    gen.add_argument(
+        "--draft", help="draft checkpoint dir (default with --mode sd/ssd: the distilled draft)"
+    )
     gen.add_argument("--mode", choices=["ar", "sd", "ssd"], default=None)
     gen.add_argument("--k", type=int, default=4)
     gen.add_argument("--temperature", type=float, default=0.0)
@@ -41,8 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare-smollm2":
             print(prepare_smollm2(args.cache_dir, force=args.force))
             return 0
+        if args.mode in ("sd", "ssd") and not args.draft:
+            if args.target:
+                raise ValueError(f"--mode {args.mode} with --target needs --draft")
+            from ssd.distill.pipeline import prepare_draft
+
+            args.draft = str(prepare_draft())
         return _generate(args, args.target or prepare_smollm2())
-    except (PrepareError, ValueError) as e:
+    except (PrepareError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
