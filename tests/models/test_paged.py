@@ -34,8 +34,10 @@ def test_shuffled_pages_equal_in_order_pages_bitwise(models):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_verify_equals_one_by_one_decode(name, models):
-    """(K+1) tokens in one forward vs one at a time: bitwise in one shape bucket (Q, max_pages);
-    across buckets only BLAS rounding differs."""
+    """(K+1) tokens in one forward vs one at a time, in the same shape bucket (Q, max_pages) and
+    unpadded: only GEMM rounding may differ. (Not bitwise: MKL's result for a row can depend on
+    its position in the block; measured on AMD EPYC: row i alone vs row i of 5 differ by 3e-5
+    on a 576 x 1536 product, relative error of the logits <= 1.1e-6.)"""
     k = 4
     prefix, draft = random_tokens(9, seed=3), random_tokens(k + 1, seed=4)
     verify, bucketed, unpadded = (Runner(models[name], batch=1) for _ in range(3))
@@ -44,11 +46,11 @@ def test_verify_equals_one_by_one_decode(name, models):
     [at_once] = verify.feed([draft], q_len=k + 1, max_pages=8)
     same_bucket = torch.cat([bucketed.feed([[t]], q_len=k + 1, max_pages=8)[0] for t in draft])
     single = torch.cat([unpadded.feed([[t]], max_pages=8)[0] for t in draft])
-    assert torch.equal(at_once, same_bucket)
-    assert torch.equal(verify.kv.k_pages[:, :-1], bucketed.kv.k_pages[:, :-1])  # sink aside
-    assert torch.equal(verify.kv.v_pages[:, :-1], bucketed.kv.v_pages[:, :-1])
-    # Q = 1 vs Q = K + 1: MKL picks a different GEMM kernel (measured <= 1.4e-6).
+    assert rel_err(same_bucket, at_once) <= 5e-6
     assert rel_err(single, at_once) <= 5e-6
+    for pages in ("k_pages", "v_pages"):  # the sink page aside
+        got, want = getattr(bucketed.kv, pages)[:, :-1], getattr(verify.kv, pages)[:, :-1]
+        assert rel_err(got, want) <= 5e-6
 
 
 def test_masked_slots_contribute_exactly_nothing(models):
