@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import LlamaForCausalLM
 
 from ssd.distill.data import collate, distill_loss, sampled_distill_loss
-from ssd.distill.draft import assemble, init_draft, save_artifact
+from ssd.distill.draft import assemble, ffn_importance, init_draft, save_artifact
 from ssd.distill.teacher import Job, generate_shards, load_all
 from ssd.distill.train import TrainConfig, train
 from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
@@ -136,20 +136,31 @@ def test_resume_continues_the_same_run(tiny_target: Path, records: list, tmp_pat
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-def test_saved_draft_reloads_with_identical_logits(tiny_target: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("narrow", [False, True], ids=["full FFN", "narrowed FFN"])
+def test_saved_draft_reloads_with_identical_logits(
+    tiny_target: Path, tmp_path: Path, narrow: bool
+) -> None:
     target = LlamaForCausalLM.from_pretrained(tiny_target)
-    draft = init_draft(target, [0, 2, 3], frozen=[0])
+    width = target.config.intermediate_size
+    ffn = width // 4 if narrow else None
+    calib = [torch.randint(3, 96, (n,), generator=torch.Generator().manual_seed(n)) for n in (7, 9)]
+    importance = ffn_importance(target, [0, 2, 3], calib) if narrow else None
+    draft = init_draft(target, [0, 2, 3], frozen=[0], ffn=ffn, importance=importance)
+    if importance is not None:  # each layer keeps its most important neurons, in order
+        keep = importance[2].topk(width // 4).indices.sort().values
+        assert torch.equal(
+            draft.model.layers[1].mlp.down_proj.weight,
+            target.model.layers[2].mlp.down_proj.weight[:, keep],
+        )
     with torch.no_grad():  # as if trained, and exactly representable in the stored bf16
-        for p in draft.model.layers[1].parameters():
-            p.copy_((p + 0.01).to(torch.bfloat16).float())
-        for layer in draft.model.layers[1:]:
-            for p in layer.parameters():
-                p.copy_(p.to(torch.bfloat16).float())
-        draft.model.norm.weight.copy_(draft.model.norm.weight.to(torch.bfloat16).float())
+        for p in draft.parameters():
+            if p.requires_grad:
+                p.copy_((p + 0.01).to(torch.bfloat16).float())
     art = save_artifact(draft, [0, 2, 3], [0], tmp_path / "artifact")
     with safe_open(str(art / "weights.safetensors"), "pt") as f:
         stored = set(f.keys())
-    assert not any(n.startswith("model.layers.0.") or "embed" in n for n in stored)
+    assert not any("embed" in n or "layers.0.self_attn" in n for n in stored)
+    assert any(n.startswith("model.layers.0.mlp.") for n in stored) == narrow
     hf_dir = assemble(art, tiny_target, tmp_path / "hf")
 
     tokens = [5, 17, 33, 4, 90, 61, 2, 7, 8]
@@ -159,6 +170,7 @@ def test_saved_draft_reloads_with_identical_logits(tiny_target: Path, tmp_path: 
         hf = LlamaForCausalLM.from_pretrained(hf_dir).eval()(x).logits[0]
     m = load_model(hf_dir)
     assert m.cfg.num_hidden_layers == 3
+    assert m.cfg.intermediate_size == (ffn or width)
     kv = alloc_kv_cache(m.cfg, 2, 16)
     meta = step_meta([[0]], [0], [len(tokens)], 16)
     got, _ = forward(m.params, m.cfg, kv, pack_tokens([tokens]), meta)

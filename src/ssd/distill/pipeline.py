@@ -22,6 +22,7 @@ import torch
 ARTIFACT_NAME = "smollm2-135m-instruct-draft"
 HELDOUT_EVERY = 32  # prompt i is held out when i % 32 == 0
 TEXT_BASE = 1_000_000  # record indices of raw-text chunks start here
+CALIB_SEQS, CALIB_LEN = 24, 512  # training sequences that rank the FFN neurons
 
 
 def default_artifact() -> Path:
@@ -97,8 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also distill on this many raw stdlib text chunks (prefill only)",
     )
     p.add_argument("--text-len", type=int, default=512, help="tokens per text chunk")
-    p.add_argument("--layers", default="0,1,29", help="target layers the draft starts from")
-    p.add_argument("--frozen", default="0", help="draft layers kept equal to their target layer")
+    p.add_argument(
+        "--layers", default="0,1,16,17,18,23,29", help="target layers the draft starts from"
+    )
+    p.add_argument(
+        "--ffn",
+        type=int,
+        default=384,
+        help="FFN neurons kept per layer (the most important ones; target width: all)",
+    )
+    p.add_argument(
+        "--frozen",
+        default="0",
+        help="draft layers whose target tensors stay untrained (attention and norms when the FFN "
+        "is narrowed, else the whole layer)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--tokens-per-step", type=int, default=2048)
     p.add_argument("--max-len", type=int, default=1024)
@@ -131,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import LlamaForCausalLM
 
     from ssd.distill.corpus import stdlib_passages, text_chunks
-    from ssd.distill.draft import assemble, init_draft, save_artifact
+    from ssd.distill.draft import assemble, ffn_importance, init_draft, save_artifact
     from ssd.distill.prompts import make_prompts
     from ssd.distill.teacher import Job, generate_shards, load_all
     from ssd.distill.train import TrainConfig, evaluate_heldout, train
@@ -190,7 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainset += [r for r in text if r["index"] < TEXT_BASE + args.text_seqs]
     layers, frozen = _ints(args.layers), _ints(args.frozen)
     target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
-    draft = init_draft(target, layers, frozen)
+    calib = [r["tokens"][:CALIB_LEN] for r in sorted(trainset, key=lambda r: r["index"])]
+    importance = ffn_importance(target, layers, calib[:CALIB_SEQS])
+    draft = init_draft(target, layers, frozen, args.ffn, importance)
     del target
     cfg = TrainConfig(
         steps=args.steps,
