@@ -207,6 +207,7 @@ class LLM:
 
     def _fill(self, out: RequestOutput, req: Request) -> None:
         out.token_ids, out.finish_reason = req.out, req.finish_reason
+        out.acceptance = req.acceptance
         if self.tokenizer is not None:
             out.text = self.tokenizer.decode(req.out, skip_special_tokens=True)
 

@@ -9,11 +9,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from conftest import randomize
-from ssd.distill.acceptance import simulate
 from ssd.distill.draft import init_draft
-from ssd.distill.evaluate import evaluate_pair
-from ssd.distill.stats import AcceptanceStats
-from ssd.models import load_model
+from ssd.distill.evaluate import evaluate_pair, speculate
+from ssd.engine.metrics import AcceptanceStats
 
 EOS = 2
 PROMPTS = [[5, 17, 33], [9, 4, 60, 61, 62, 7, 7, 30], [40, 41], [88, 3, 12, 70, 71, 72]]
@@ -46,11 +44,13 @@ def _argmax_next(model: LlamaForCausalLM, seq: list[int]) -> int:
 def direct_count(
     target: LlamaForCausalLM, draft: LlamaForCausalLM, prompt: list[int], k: int
 ) -> tuple[AcceptanceStats, list[int]]:
-    """The issue's procedure, literally, with full recomputation and no KV cache."""
+    """Greedy SD, literally, with full recomputation and no KV cache: the target's prefill
+    gives the first token, then each round drafts K tokens and keeps the leading run that
+    matches the target's greedy continuation, plus one token of the target's."""
     cont: list[int] = []
     while len(cont) < MAX_NEW and (not cont or cont[-1] != EOS):
         cont.append(_argmax_next(target, prompt + cont))
-    stats, pos = AcceptanceStats(k), 0
+    stats, pos = AcceptanceStats(k), 1
     while pos < len(cont):
         drafted: list[int] = []
         for _ in range(k):
@@ -65,14 +65,12 @@ def direct_count(
 
 
 @pytest.mark.parametrize("k", [2, 4])
-def test_greedy_simulation_equals_direct_count(tiny_target: Path, toy_draft: Path, k: int) -> None:
+def test_greedy_engine_equals_direct_count(tiny_target: Path, toy_draft: Path, k: int) -> None:
     hf_t = LlamaForCausalLM.from_pretrained(tiny_target).eval()
     hf_d = LlamaForCausalLM.from_pretrained(toy_draft).eval()
-    sim, outs = simulate(
-        load_model(tiny_target), load_model(toy_draft), PROMPTS, k, 0.0, MAX_NEW, batch=3
-    )
+    got, outs = speculate(tiny_target, toy_draft, PROMPTS, k, 0.0, MAX_NEW, batch=3)
     total = AcceptanceStats(k)
-    for prompt, s, out in zip(PROMPTS, sim, outs, strict=True):
+    for prompt, s, out in zip(PROMPTS, got, outs, strict=True):
         want, cont = direct_count(hf_t, hf_d, prompt, k)
         assert out == cont
         assert (s.hist, s.committed) == (want.hist, want.committed)
@@ -85,8 +83,8 @@ def test_evaluate_pair_counts_every_k(tiny_target: Path, toy_draft: Path) -> Non
     hf_d = LlamaForCausalLM.from_pretrained(toy_draft).eval()
     cats = ["a", "b", "a", "b"]
     res = evaluate_pair(
-        load_model(tiny_target),
-        load_model(toy_draft),
+        tiny_target,
+        toy_draft,
         PROMPTS,
         cats,
         [2, 3, 5],
@@ -95,7 +93,7 @@ def test_evaluate_pair_counts_every_k(tiny_target: Path, toy_draft: Path) -> Non
         batch=4,
         progress=False,
     )["T=0"]
-    assert res["check"]["simulated"] == res["check"]["counted"]
+    assert res["check"]["engine"] == res["check"]["counted"]
     assert res["check"]["same_tokens"] == len(PROMPTS)
     for k in (2, 3, 5):
         direct = [direct_count(hf_t, hf_d, p, k)[0] for p in PROMPTS]
@@ -108,18 +106,19 @@ def test_evaluate_pair_counts_every_k(tiny_target: Path, toy_draft: Path) -> Non
 
 
 def test_sampled_self_draft_accepts_everything(tiny_target: Path) -> None:
-    m = load_model(tiny_target)
-    sim, outs = simulate(m, m, PROMPTS, 3, 1.0, MAX_NEW, batch=2)
-    for s, out in zip(sim, outs, strict=True):
+    got, outs = speculate(tiny_target, tiny_target, PROMPTS, 3, 1.0, MAX_NEW, batch=2)
+    for s, out in zip(got, outs, strict=True):
         assert sum(s.hist[:-1]) <= 1  # only a round cut short by EOS / the limit
-        assert s.committed == len(out)
+        assert s.committed == len(out) - 1  # the first token comes from the prefill
 
 
 def test_sampled_result_does_not_depend_on_batch(tiny_target: Path, toy_draft: Path) -> None:
-    t, d = load_model(tiny_target), load_model(toy_draft)
-    a = simulate(t, d, PROMPTS, 3, 1.0, MAX_NEW, batch=1, seed=3)
-    b = simulate(t, d, PROMPTS, 3, 1.0, MAX_NEW, batch=4, seed=3)
-    assert a[1] == b[1]
-    assert [s.hist for s in a[0]] == [s.hist for s in b[0]]
-    c = simulate(t, d, PROMPTS, 3, 1.0, MAX_NEW, batch=4, seed=4)
-    assert c[1] != a[1]
+    def run(batch: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+        stats, outs = speculate(
+            tiny_target, toy_draft, PROMPTS, 3, 1.0, MAX_NEW, batch=batch, seed=seed
+        )
+        return [s.hist for s in stats], outs
+
+    a = run(1, 3)
+    assert run(4, 3) == a
+    assert run(4, 4)[1] != a[1]

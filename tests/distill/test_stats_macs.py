@@ -8,15 +8,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ssd.distill.acceptance import rounds_from_matches
 from ssd.distill.macs import macs_per_token, macs_ratio
-from ssd.distill.stats import AcceptanceStats, rounds_from_matches
+from ssd.engine.metrics import AcceptanceStats
 
 
 def test_rounds_from_matches_by_hand() -> None:
     # 10 target tokens, K = 3: rounds accept 3 (+1), then 1 (+1), then 0 (+1), then the last
     # 3 tokens all match: 3 accepted, no bonus left.
     m = [True, True, True, False, True, False, False, True, True, True]
-    s = rounds_from_matches(m, 3)
+    s = rounds_from_matches(m, 3, first=0)
     assert s.hist == [1, 1, 0, 2]
     assert (s.rounds, s.drafted, s.accepted, s.committed) == (4, 12, 7, 10)
     assert s.rate == pytest.approx(7 / 12)
@@ -25,9 +26,15 @@ def test_rounds_from_matches_by_hand() -> None:
 
 
 def test_rounds_end_inside_a_round() -> None:
-    s = rounds_from_matches([True, True], 4)  # continuation ends after two matched tokens
+    s = rounds_from_matches([True, True], 4, first=0)  # ends after two matched tokens
     assert s.hist == [0, 0, 1, 0, 0] and s.committed == 2 and s.rate == pytest.approx(2 / 4)
     assert rounds_from_matches([], 4).rounds == 0
+
+
+def test_the_prefill_token_is_not_drafted() -> None:
+    # by default token 0 comes from the target's prefill: rounds start at token 1
+    s = rounds_from_matches([False, True, True, False, True], 2)
+    assert s.hist == [0, 1, 1] and s.committed == 4
 
 
 def test_merge_refuses_other_k() -> None:

@@ -10,6 +10,7 @@ import torch
 from helpers import hf_greedy
 from ssd import LLM, SamplingParams
 from ssd.engine.ar import make_step
+from ssd.engine.metrics import merge_all
 from ssd.engine.requests import Request
 from ssd.engine.spec import SpecRunner, Speculation
 from ssd.jit import Step
@@ -89,6 +90,25 @@ class OracleDrafter:
             rows.append(row)
         tokens = torch.tensor(rows + [[0] * self.k] * (4 - len(rows)))
         return Speculation(tokens, None, torch.ones(4, dtype=torch.bool), [None] * len(batch))
+
+
+@pytest.mark.parametrize("mode", ["sd", "ssd"])
+def test_each_output_carries_its_rounds(mode, checkpoints):
+    """Per-request acceptance adds up to the call's metrics; a round cut short by max_tokens
+    counts only the drafts it emitted (DESIGN.md §6)."""
+    path, k = checkpoints["llama"], 3
+    llm = LLM(path, draft=path, mode=mode, k=k, max_batch=4)
+    params = dataclasses.replace(GREEDY, max_tokens=23)  # 1 from the prefill + 5 x 4 + 2
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    for o in outs:
+        assert o.acceptance is not None
+        assert o.acceptance.hist == [0, 0, 1, 5] and o.acceptance.committed == 22
+    total = merge_all([o.acceptance for o in outs if o.acceptance], k)
+    m = llm.metrics
+    assert m is not None
+    assert (total.rounds, total.rate) == (m["rounds"], m["acceptance_rate"])
+    assert total.per_position() == m["per_position_acceptance"]
+    assert LLM(path).generate(PROMPTS[:1], params, use_tqdm=False)[0].acceptance is None
 
 
 @pytest.mark.parametrize("corrupt", [0, 1, 2, 3])

@@ -1,11 +1,11 @@
 """`ssd eval-pair`: acceptance of a target/draft pair on a prompt file, per category.
 
 Temperature 0: the target's greedy answers (plain batched AR), then one teacher-forced draft
-pass per answer gives every K at once (`rounds_from_matches`); the SD simulator is run on the
-first `--check` prompts at the smallest K as a cross-check (same tokens, same counts up to
-floating-point near-ties). Temperature > 0: the SD simulator (`ssd.sampling.verify_chain`) for
-every K, each prompt batch prefilled once for all K. Prints the MACs ratio, tables per category
-and per K, and writes all figures as JSON with `--json`.
+pass per answer gives every K at once (`rounds_from_matches`); the first `--check` prompts also
+run through the engine's speculative decoding (`LLM(mode="sd")`) at the smallest K as a
+cross-check (same tokens, same counts up to floating-point near-ties). Temperature > 0: the
+engine's speculative decoding for every K, each request's rounds counted by the engine. Prints
+the MACs ratio, tables per category and per K, and writes all figures as JSON with `--json`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from typing import Any
 
 import torch
 
-from ssd.distill.acceptance import greedy_matches, simulate, simulate_ks
+from ssd.config import SamplingParams
+from ssd.distill.acceptance import greedy_matches, rounds_from_matches
 from ssd.distill.macs import describe, macs_ratio
-from ssd.distill.stats import AcceptanceStats, merge_all, rounds_from_matches
 from ssd.distill.teacher import continuations
+from ssd.engine.metrics import AcceptanceStats, merge_all
+from ssd.llm import LLM
+from ssd.models import load_model
 
 SPEC_BENCH = Path(__file__).resolve().parents[4] / "shared/data/spec_bench/question.jsonl"
 
@@ -71,9 +74,48 @@ def table(title: str, rows: dict[str, AcceptanceStats]) -> str:
     return "\n".join(lines)
 
 
+def speculate(
+    target_dir: Path,
+    draft_dir: Path,
+    prompts: Sequence[Sequence[int]],
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    *,
+    seed: int = 0,
+    batch: int = 32,
+    progress: bool = False,
+) -> tuple[list[AcceptanceStats], list[list[int]]]:
+    """Speculative decoding of every prompt by the engine (fp32, SD with K drafts per round):
+    each request's verification rounds and tokens. Prompt i is seeded with
+    `seed * 1_000_003 + i`, so its result does not depend on its batch."""
+    params = [
+        SamplingParams(
+            temperature=temperature, max_tokens=max_new_tokens, seed=seed * 1_000_003 + i
+        )
+        for i in range(len(prompts))
+    ]
+    max_len = max(len(p) for p in prompts) + max_new_tokens + 1
+    llm = LLM(
+        target_dir,
+        draft=draft_dir,
+        mode="sd",
+        k=k,
+        dtype=torch.float32,
+        max_batch=batch,
+        max_model_len=max_len,
+    )
+    with llm:
+        outs = llm.generate([list(p) for p in prompts], params, use_tqdm=progress)
+    for o in outs:
+        if o.acceptance is None:
+            raise ValueError(f"prompt {o.request_id}: {o.error}")
+    return [o.acceptance for o in outs if o.acceptance], [o.token_ids for o in outs]
+
+
 def evaluate_pair(
-    target: Any,
-    draft: Any,
+    target_dir: Path,
+    draft_dir: Path,
     prompts: Sequence[Sequence[int]],
     cats: Sequence[str],
     ks: Sequence[int],
@@ -88,45 +130,37 @@ def evaluate_pair(
     """All figures as {"T=<t>": {"K=<k>": {category: stats}}}.
 
     Temperature 0: the target's greedy AR answers, then every K counted from one teacher-forced
-    draft pass (`rounds_from_matches`); the first `check` prompts are also run through the SD
-    simulator at the smallest K, and both versions of their figures are kept under "check".
-    Other temperatures: the SD simulator for every K.
+    draft pass (`rounds_from_matches`); the first `check` prompts also run through the engine's
+    SD at the smallest K, and both versions of their figures are kept under "check". Other
+    temperatures: the engine's SD for every K.
     """
     result: dict[str, Any] = {}
+    run: dict[str, Any] = {"seed": seed, "batch": batch, "progress": progress}
     for temp in temperatures:
         res: dict[str, Any] = {}
         t0 = time.perf_counter()
         if temp == 0:
+            target, draft = load_model(target_dir), load_model(draft_dir)
             outs = continuations(target, prompts, max_new_tokens, batch=batch, progress=progress)
             matches = [greedy_matches(draft, p, o) for p, o in zip(prompts, outs, strict=True)]
             for k in ks:
                 res[f"K={k}"] = by_category(cats, [rounds_from_matches(m, k) for m in matches], k)
             if check:
                 k0, n = min(ks), min(check, len(prompts))
-                sim, sim_outs = simulate(
-                    target, draft, prompts[:n], k0, 0.0, max_new_tokens, seed=seed, batch=batch
+                sd, sd_outs = speculate(
+                    target_dir, draft_dir, prompts[:n], k0, 0.0, max_new_tokens, **run
                 )
                 counted = [rounds_from_matches(m, k0) for m in matches[:n]]
                 res["check"] = {
                     "prompts": n,
-                    "same_tokens": sum(a == b for a, b in zip(sim_outs, outs, strict=False)),
-                    "simulated": merge_all(sim, k0).to_dict(),
+                    "same_tokens": sum(a == b for a, b in zip(sd_outs, outs, strict=False)),
+                    "engine": merge_all(sd, k0).to_dict(),
                     "counted": merge_all(counted, k0).to_dict(),
                 }
         else:
-            sims = simulate_ks(
-                target,
-                draft,
-                prompts,
-                ks,
-                temp,
-                max_new_tokens,
-                seed=seed,
-                batch=batch,
-                progress=progress,
-            )
             for k in ks:
-                res[f"K={k}"] = by_category(cats, sims[k][0], k)
+                sd, _ = speculate(target_dir, draft_dir, prompts, k, temp, max_new_tokens, **run)
+                res[f"K={k}"] = by_category(cats, sd, k)
         res["seconds"] = time.perf_counter() - t0
         result[f"T={temp:g}"] = res
     return result
@@ -158,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         type=int,
         default=16,
-        help="at T=0, also simulate SD on the first N prompts as a cross-check",
+        help="at T=0, also run the engine's SD on the first N prompts as a cross-check",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -170,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ssd.distill.pipeline import chat_ids, prepare_draft
-    from ssd.models import load_model, load_tokenizer
+    from ssd.models import ModelConfig, load_tokenizer
     from ssd.models.smollm2 import prepare_smollm2
 
     args = build_parser().parse_args(argv)
@@ -178,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     target_dir = Path(args.target) if args.target else prepare_smollm2(progress=not args.quiet)
     draft_dir = Path(args.draft) if args.draft else prepare_draft()
-    target, draft = load_model(target_dir), load_model(draft_dir)
+    target_cfg = ModelConfig.from_pretrained(target_dir)
+    draft_cfg = ModelConfig.from_pretrained(draft_dir)
     tok = load_tokenizer(target_dir)
     items = read_prompts(args.prompts, args.per_category)
     encode = (
@@ -187,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [encode(text) for _, text in items]
     ks = [int(x) for x in args.k.split(",")]
     temps = [float(x) for x in args.temperatures.split(",")]
-    print(describe(draft.cfg, target.cfg))
+    print(describe(draft_cfg, target_cfg))
     print(f"target {target_dir}\ndraft  {draft_dir}\nprompts {args.prompts} ({len(items)})")
     res = evaluate_pair(
-        target,
-        draft,
+        target_dir,
+        draft_dir,
         prompts,
         [c for c, _ in items],
         ks,
@@ -207,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             if kname.startswith("K="):
                 print("\n" + table(f"{tname} {kname}", rows))
         if "check" in per_k:
-            sim, cnt = per_k["check"]["simulated"], per_k["check"]["counted"]
+            sd, cnt = per_k["check"]["engine"], per_k["check"]["counted"]
             print(
-                f"\ncheck: SD simulation on the first {per_k['check']['prompts']} prompts gives "
+                f"\ncheck: the engine's SD on the first {per_k['check']['prompts']} prompts gives "
                 f"the AR tokens for {per_k['check']['same_tokens']} of them"
             )
             print(
-                f"\ncheck at K={sim['k']}: simulated rate {sim['rate']:.4f} tau "
-                f"{sim['tau']:.4f} | counted rate {cnt['rate']:.4f} tau {cnt['tau']:.4f}"
+                f"\ncheck at K={sd['k']}: engine rate {sd['rate']:.4f} tau "
+                f"{sd['tau']:.4f} | counted rate {cnt['rate']:.4f} tau {cnt['tau']:.4f}"
             )
     if args.json:
         out = {
@@ -223,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "prompts": str(args.prompts),
             "max_new_tokens": args.max_new_tokens,
             "seed": args.seed,
-            "macs_ratio": macs_ratio(draft.cfg, target.cfg),
+            "macs_ratio": macs_ratio(draft_cfg, target_cfg),
             "results": _jsonable(res),
         }
         args.json.write_text(json.dumps(out, indent=1) + "\n")

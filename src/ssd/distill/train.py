@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
+from ssd.distill.acceptance import rounds_from_matches
 from ssd.distill.data import (
     Record,
     collate,
@@ -31,7 +32,7 @@ from ssd.distill.data import (
     plan,
     sampled_distill_loss,
 )
-from ssd.distill.stats import AcceptanceStats, merge_all, rounds_from_matches
+from ssd.engine.metrics import AcceptanceStats, merge_all
 
 
 @dataclass

@@ -1,8 +1,92 @@
-"""Metrics of speculative decoding, one definition used everywhere (DESIGN.md §6)."""
+"""Metrics of speculative decoding, one definition used everywhere (DESIGN.md §6).
+
+- acceptance rate = accepted draft tokens / drafted tokens, K drafted per round (tokens after
+  the first rejection count as drafted);
+- mean accepted length τ = committed tokens per round, including the bonus/recovery token,
+  counting only tokens up to EOS / stop / the length limit;
+- per-position acceptance P(accepted ≥ i), i = 1..K.
+
+`AcceptanceStats` holds exactly what these need; `SpecMetrics` adds the engine's cache and
+timing counters on top of it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+
+
+@dataclasses.dataclass
+class AcceptanceStats:
+    """Verification rounds at one K: how many accepted j drafts (j = 0..K) and what they
+    committed. The acceptance rate, τ and P(accepted ≥ i) are derived from these alone."""
+
+    k: int
+    # hist[j]: rounds with exactly j accepted, j = 0..K
+    hist: list[int] = dataclasses.field(default_factory=list)
+    committed: int = 0  # tokens the rounds committed (accepted + bonus/recovery, truncated)
+
+    def __post_init__(self) -> None:
+        if not self.hist:
+            self.hist = [0] * (self.k + 1)
+
+    def add_round(self, accepted: int, committed: int) -> None:
+        self.hist[accepted] += 1
+        self.committed += committed
+
+    def merge(self, other: AcceptanceStats) -> AcceptanceStats:
+        if other.k != self.k:
+            raise ValueError(f"cannot merge K={self.k} with K={other.k}")
+        return AcceptanceStats(
+            self.k,
+            [a + b for a, b in zip(self.hist, other.hist, strict=True)],
+            self.committed + other.committed,
+        )
+
+    @property
+    def rounds(self) -> int:
+        return sum(self.hist)
+
+    @property
+    def drafted(self) -> int:
+        return self.rounds * self.k
+
+    @property
+    def accepted(self) -> int:
+        return sum(j * n for j, n in enumerate(self.hist))
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def tau(self) -> float:
+        return self.committed / self.rounds if self.rounds else float("nan")
+
+    def per_position(self) -> list[float]:
+        """P(accepted ≥ i) for i = 1..K."""
+        n = self.rounds
+        return [sum(self.hist[i:]) / n if n else float("nan") for i in range(1, self.k + 1)]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "rounds": self.rounds,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "committed": self.committed,
+            "rate": self.rate,
+            "tau": self.tau,
+            "per_position": self.per_position(),
+            "hist": list(self.hist),
+        }
+
+
+def merge_all(stats: Iterable[AcceptanceStats], k: int) -> AcceptanceStats:
+    out = AcceptanceStats(k)
+    for s in stats:
+        out = out.merge(s)
+    return out
 
 
 @dataclasses.dataclass
@@ -14,11 +98,7 @@ class SpecMetrics:
     """
 
     k: int
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    committed: int = 0
-    accepted_at_least: list[int] = dataclasses.field(default_factory=list)
+    acceptance: AcceptanceStats = dataclasses.field(init=False)
     hit_rounds: int = 0
     hit_committed: int = 0
     miss_rounds: int = 0
@@ -30,16 +110,11 @@ class SpecMetrics:
     draft_busy_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.accepted_at_least = self.accepted_at_least or [0] * self.k
+        self.acceptance = AcceptanceStats(self.k)
 
     def record(self, accepted: int, committed: int, hit: bool | None) -> None:
         """One sequence's verification round: `accepted` drafts, `committed` tokens kept."""
-        self.rounds += 1
-        self.drafted += self.k
-        self.accepted += accepted
-        self.committed += committed
-        for i in range(accepted):
-            self.accepted_at_least[i] += 1
+        self.acceptance.add_round(accepted, committed)
         if hit is True:
             self.hit_rounds += 1
             self.hit_committed += committed
@@ -51,21 +126,19 @@ class SpecMetrics:
         def ratio(a: float, b: float) -> float | None:
             return a / b if b else None
 
-        cache_rounds = self.hit_rounds + self.miss_rounds
+        acc, cache_rounds = self.acceptance, self.hit_rounds + self.miss_rounds
         return {
             "k": self.k,
-            "rounds": self.rounds,
-            "acceptance_rate": ratio(self.accepted, self.drafted),
-            "mean_accepted_length": ratio(self.committed, self.rounds),
-            "per_position_acceptance": [a / self.rounds for a in self.accepted_at_least]
-            if self.rounds
-            else None,
+            "rounds": acc.rounds,
+            "acceptance_rate": ratio(acc.accepted, acc.drafted),
+            "mean_accepted_length": ratio(acc.committed, acc.rounds),
+            "per_position_acceptance": acc.per_position() if acc.rounds else None,
             "cache_hit_rate": ratio(self.hit_rounds, cache_rounds),
             "mean_accepted_length_hit": ratio(self.hit_committed, self.hit_rounds),
             "mean_accepted_length_miss": ratio(self.miss_committed, self.miss_rounds),
             "bonus_prediction_accuracy": ratio(self.bonus_predicted, self.bonus_rounds),
-            "decode_tok_per_s": ratio(self.committed, self.decode_seconds),
-            "target_wait_per_round_s": ratio(self.target_wait_seconds, self.rounds),
+            "decode_tok_per_s": ratio(acc.committed, self.decode_seconds),
+            "target_wait_per_round_s": ratio(self.target_wait_seconds, acc.rounds),
             "draft_idle_fraction": None
             if not self.decode_seconds
             else max(0.0, 1 - self.draft_busy_seconds / self.decode_seconds),

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 
 from ssd.config import SamplingParams
+from ssd.engine.metrics import AcceptanceStats
 
 _seeds = random.SystemRandom()
 
@@ -17,7 +18,8 @@ class RequestOutput:
 
     `finish_reason` is "stop" (EOS or a stop token, which is included in `token_ids`), "length"
     (max_tokens or the model's context), or "error" (the request was refused; `error` says why
-    and the other requests of the call are unaffected).
+    and the other requests of the call are unaffected). `acceptance` holds this request's
+    verification rounds in SD/SSD mode (DESIGN.md §6; None in AR mode).
     """
 
     request_id: int
@@ -27,6 +29,7 @@ class RequestOutput:
     finish_reason: str | None = None
     error: str | None = None
     new_token_ids: list[int] = dataclasses.field(default_factory=list)  # streaming: this step's
+    acceptance: AcceptanceStats | None = None
 
 
 @dataclasses.dataclass
@@ -41,6 +44,7 @@ class Request:
     out: list[int] = dataclasses.field(default_factory=list)
     pages: list[int] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
+    acceptance: AcceptanceStats | None = None  # its verification rounds (SD/SSD)
 
     @property
     def length(self) -> int:

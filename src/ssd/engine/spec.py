@@ -18,7 +18,7 @@ from torch import Tensor
 from ssd import random as rnd
 from ssd.config import SamplingParams
 from ssd.engine.ar import ARRunner
-from ssd.engine.metrics import SpecMetrics
+from ssd.engine.metrics import AcceptanceStats, SpecMetrics
 from ssd.engine.requests import Request
 from ssd.jit import Step, pow2
 from ssd.kv import KVCache, step_meta
@@ -103,6 +103,8 @@ class SpecRunner(ARRunner):
         while waiting or running:
             admitted = self._admit(waiting, running)
             if admitted:
+                for req in admitted:
+                    req.acceptance = AcceptanceStats(self.k)
                 tokens = self._forward(admitted, prefill=True)
                 done = [
                     r for r, t in zip(admitted, tokens, strict=True) if r.append(t, self.max_len)
@@ -133,7 +135,11 @@ class SpecRunner(ARRunner):
                     kept += 1
                     if req.append(tok, self.max_len):
                         break
-                self.metrics.record(accepted[i], kept, spec.hit[i])
+                # drafts after a stop were accepted but are not emitted: they do not count
+                counted = min(accepted[i], kept)
+                self.metrics.record(counted, kept, spec.hit[i])
+                assert req.acceptance is not None
+                req.acceptance.add_round(counted, kept)
                 if spec.hit[i] is not None and accepted[i] == self.k:
                     self.metrics.bonus_rounds += 1
                     self.metrics.bonus_predicted += bool(spec.hit[i])
