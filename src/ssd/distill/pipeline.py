@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: <run-dir>/artifact; the committed one is artifacts/draft/...)",
     )
     p.add_argument("--phase", choices=["all", "data", "train", "export"], default="all")
-    p.add_argument("--prompts", type=int, default=800, help="number of synthetic prompts")
+    p.add_argument("--prompts", type=int, default=1600, help="number of synthetic prompts")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument(
         "--sample-every",
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draft layers whose target tensors stay untrained (attention and norms when the FFN "
         "is narrowed, else the whole layer)",
     )
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--tokens-per-step", type=int, default=2048)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--lr", type=float, default=4e-3)
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 (slower)")
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--quiet", action="store_true")
     return p
 
