@@ -105,11 +105,16 @@ def speculate(
         max_batch=batch,
         max_model_len=max_len,
     )
+    # admitted in order of length, so a batch's padded prefill wastes little
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with llm:
-        outs = llm.generate([list(p) for p in prompts], params, use_tqdm=progress)
-    for o in outs:
+        ran = llm.generate(
+            [list(prompts[i]) for i in order], [params[i] for i in order], use_tqdm=progress
+        )
+    outs = sorted(ran, key=lambda o: order[o.request_id])  # back in prompt order
+    for i, o in enumerate(outs):
         if o.acceptance is None:
-            raise ValueError(f"prompt {o.request_id}: {o.error}")
+            raise ValueError(f"prompt {i}: {o.error}")
     return [o.acceptance for o in outs if o.acceptance], [o.token_ids for o in outs]
 
 
