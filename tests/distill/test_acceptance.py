@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import randomize
 from ssd.distill.draft import init_draft
-from ssd.distill.evaluate import evaluate_pair, speculate
+from ssd.distill.evaluate import evaluate_pair, speculate, token_agreement
 from ssd.engine.metrics import AcceptanceStats
 
 EOS = 2
@@ -122,3 +122,11 @@ def test_sampled_result_does_not_depend_on_batch(tiny_target: Path, toy_draft: P
     a = run(1, 3)
     assert run(4, 3) == a
     assert run(4, 4)[1] != a[1]
+
+
+def test_token_agreement_by_hand() -> None:
+    # answer tokens after the first: 5 (lookup guesses 8), 6 (lookup: 6 followed 5 before),
+    # 7 (lookup: 7 followed 5, 6), 9 (lookup: 8 followed 5, 6, 7); the draft gets 5 and 7
+    got = token_agreement(["a"], [[5, 6, 7]], [[8, 5, 6, 7, 9]], [[True, True, False, True, False]])
+    want = {"draft": 2 / 4, "lookup": 2 / 4, "either": 3 / 4, "tokens": 4}
+    assert got == {"a": want, "overall": want}

@@ -6,6 +6,8 @@ run through the engine's speculative decoding (`LLM(mode="sd")`) at the smallest
 cross-check (same tokens, same counts up to floating-point near-ties). Temperature > 0: the
 engine's speculative decoding for every K, each request's rounds counted by the engine. Prints
 the MACs ratio, tables per category and per K, and writes all figures as JSON with `--json`.
+At temperature 0 it also prints how many of the target's tokens the draft predicts next to
+prompt lookup (the engine's fast backup): a measure of the copying a draft misses.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ssd.distill.teacher import continuations
 from ssd.engine.metrics import AcceptanceStats, merge_all
 from ssd.llm import LLM
 from ssd.models import load_model
+from ssd.saguaro import ngram_guess
 
 SPEC_BENCH = Path(__file__).resolve().parents[4] / "shared/data/spec_bench/question.jsonl"
 
@@ -60,6 +63,32 @@ def by_category(
     out = {c: merge_all(g, k) for c, g in sorted(groups.items())}
     out["overall"] = merge_all(stats, k)
     return out
+
+
+def token_agreement(
+    cats: Sequence[str],
+    prompts: Sequence[Sequence[int]],
+    outs: Sequence[Sequence[int]],
+    matches: Sequence[Sequence[bool]],
+) -> dict[str, dict[str, float]]:
+    """Per category (and overall), the fraction of the target's greedy answer tokens, after the
+    first, that the draft predicts, that prompt lookup predicts (`ngram_guess`, the engine's
+    fast backup), and that either does: how much of the target's text is copying the draft
+    misses."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for cat, prompt, out, m in zip(cats, prompts, outs, matches, strict=True):
+        seq = list(prompt) + list(out)
+        for i in range(1, len(out)):
+            pos = len(prompt) + i
+            lookup = ngram_guess(seq[:pos], 1)[0] == seq[pos]
+            for c in (cat, "overall"):
+                for j, hit in enumerate((m[i], lookup, m[i] or lookup, True)):
+                    counts[c][j] += hit
+    return {
+        c: {"draft": d / n, "lookup": g / n, "either": e / n, "tokens": n}
+        for c, (d, g, e, n) in sorted(counts.items(), key=lambda kv: kv[0] == "overall")
+        if n
+    }
 
 
 def table(title: str, rows: dict[str, AcceptanceStats]) -> str:
@@ -150,6 +179,7 @@ def evaluate_pair(
             matches = [greedy_matches(draft, p, o) for p, o in zip(prompts, outs, strict=True)]
             for k in ks:
                 res[f"K={k}"] = by_category(cats, [rounds_from_matches(m, k) for m in matches], k)
+            res["tokens"] = token_agreement(cats, prompts, outs, matches)
             if check:
                 k0, n = min(ks), min(check, len(prompts))
                 sd, sd_outs = speculate(
@@ -246,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         for kname, rows in per_k.items():
             if kname.startswith("K="):
                 print("\n" + table(f"{tname} {kname}", rows))
+        if "tokens" in per_k:
+            print("\ntokens right (after the first): draft / prompt lookup / either")
+            for c, t in per_k["tokens"].items():
+                print(f"{c:16s} {t['draft']:6.3f} {t['lookup']:6.3f} {t['either']:6.3f}")
         if "check" in per_k:
             sd, cnt = per_k["check"]["engine"], per_k["check"]["counted"]
             print(
