@@ -86,7 +86,7 @@ def token_agreement(
                     counts[c][j] += hit
     return {
         c: {"draft": d / n, "lookup": g / n, "either": e / n, "tokens": n}
-        for c, (d, g, e, n) in sorted(counts.items(), key=lambda kv: kv[0] == "overall")
+        for c, (d, g, e, n) in sorted(counts.items(), key=lambda kv: (kv[0] == "overall", kv[0]))
         if n
     }
 
