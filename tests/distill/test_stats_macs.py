@@ -77,3 +77,14 @@ def test_smollm2_draft_ratio() -> None:
     assert macs_ratio(dict(target, num_hidden_layers=3), target) < 0.3
     assert macs_ratio(dict(target, num_hidden_layers=4), target) > 0.3
     json.dumps(m.__dict__)
+
+
+def test_committed_draft_fits_the_budget() -> None:
+    """The committed draft's own config costs at most 0.3x SmolLM2-135M per token."""
+    from ssd.distill.pipeline import default_artifact
+    from ssd.models.smollm2 import prepare_smollm2
+
+    draft = json.loads((default_artifact() / "draft.json").read_text())["config"]
+    target = json.loads((prepare_smollm2(progress=False) / "config.json").read_text())
+    assert draft["vocab_size"] == target["vocab_size"]
+    assert macs_ratio(draft, target) <= 0.3
