@@ -38,6 +38,16 @@ def pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
+def length_buckets(lengths: Sequence[int], minimum: int = 16) -> list[tuple[int, list[int]]]:
+    """(bucket, indices) for each power-of-two length bucket, shortest first. Prefilling each
+    group on its own pads a prompt to under twice its length, where one step over all of them
+    would pad every prompt to the longest."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(pow2(n, minimum), []).append(i)
+    return sorted(groups.items())
+
+
 def configure_inductor(path: str | Path | None = None) -> Path:
     """Inductor settings for every compiled step: graphs persist in ``$SSD_CACHE_DIR/inductor``
     (default ~/.cache/ssd/inductor), and bf16/fp16 intermediates round as in eager code."""

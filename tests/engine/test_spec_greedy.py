@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import hf_greedy
+from helpers import hf_greedy, random_tokens
 from ssd import LLM, SamplingParams
 from ssd.engine.ar import make_step
 from ssd.engine.metrics import merge_all
@@ -126,3 +126,14 @@ def test_oracle_drafter_forces_every_accepted_length(corrupt, checkpoints, refer
     assert m["acceptance_rate"] == corrupt / k
     per_position = m["per_position_acceptance"]
     assert per_position == [1.0 if i < corrupt else 0.0 for i in range(k)]
+
+
+@pytest.mark.parametrize("mode", ["sd", "ssd"])
+def test_draft_prefills_prompts_of_different_length_buckets(mode, checkpoints):
+    """Target and draft prefill each length bucket in its own step; a draft equal to the target
+    still accepts everything, so each bucket's draft KV is right."""
+    path = checkpoints["llama"]
+    prompts = [random_tokens(n, seed=n) for n in (150, 5, 40)]
+    llm = LLM(path, draft=path, mode=mode, k=3, max_batch=4)
+    assert generate(llm, prompts) == generate(LLM(path, max_batch=4), prompts)
+    assert llm.metrics is not None and llm.metrics["acceptance_rate"] == 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import CHECKPOINTS, hf_greedy
+from helpers import CHECKPOINTS, hf_greedy, random_tokens
 from ssd import LLM, SamplingParams
 
 NEW = 64
@@ -79,3 +79,23 @@ def test_compiled_gives_the_same_tokens_as_eager(checkpoints):
     eager = LLM(path, max_batch=2, jit="eager").generate(PROMPTS[:2], params, use_tqdm=False)
     compiled = LLM(path, max_batch=2, jit="compile").generate(PROMPTS[:2], params, use_tqdm=False)
     assert [o.token_ids for o in compiled] == [o.token_ids for o in eager]
+
+
+def test_prompts_prefill_in_their_own_length_buckets(checkpoints):
+    """Prompts of 5, 40 and 150 tokens prefill in three steps of width 16, 64 and 256, not one
+    step padding all to 256, and each gets transformers' greedy tokens."""
+    path = checkpoints["llama"]
+    prompts = [random_tokens(n, seed=n) for n in (150, 5, 40)]
+    llm = LLM(path, max_batch=4)
+    widths = []
+    step = llm.runner.step
+
+    def spy(*args):
+        widths.append(args[3].shape[-1])
+        return step(*args)
+
+    llm.runner.step = spy
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    outs = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert sorted(w for w in widths if w > 1) == [16, 64, 256]
+    assert outs == [hf_greedy(path, p, 8) for p in prompts]

@@ -10,7 +10,7 @@ import torch
 from ssd import random as rnd
 from ssd.config import SamplingParams
 from ssd.engine.requests import Request
-from ssd.jit import Step, pow2
+from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import KVCache, PageAllocator, pack_tokens, step_meta
 from ssd.models.loading import Model
 from ssd.sampling import SamplingTensors
@@ -24,7 +24,8 @@ class ARRunner:
     """Runs requests to completion with batched prefill and decode steps.
 
     Host side: which requests run, which pages they own. Device side: one pure step per call,
-    padded to power-of-two buckets of (batch, query length, pages per sequence).
+    padded to power-of-two buckets of (batch, query length, pages per sequence); prompts are
+    prefilled one query-length bucket at a time.
     """
 
     lookahead = 0  # extra KV slots a request needs beyond its tokens (speculation)
@@ -71,15 +72,24 @@ class ARRunner:
         running.remove(req)
 
     def _forward(self, batch: list[Request], prefill: bool) -> list[int]:
-        b = pow2(len(batch))
-        pad = b - len(batch)
-        if prefill:
-            seqs = [r.prompt for r in batch]
-            starts, lens = [0] * len(batch), [len(s) for s in seqs]
-        else:
+        if not prefill:
             seqs = [[r.out[-1]] for r in batch]
-            starts, lens = [r.length - 1 for r in batch], [1] * len(batch)
-        q = pow2(max(lens), 16) if prefill else 1
+            return self._step(batch, seqs, [r.length - 1 for r in batch], q=1)
+        out = [0] * len(batch)
+        for q, rows in length_buckets([len(r.prompt) for r in batch]):
+            group = [batch[i] for i in rows]
+            tokens = self._step(group, [r.prompt for r in group], [0] * len(group), q)
+            for i, t in zip(rows, tokens, strict=True):
+                out[i] = t
+        return out
+
+    def _step(
+        self, batch: list[Request], seqs: list[list[int]], starts: list[int], q: int
+    ) -> list[int]:
+        """Feed `seqs` (at positions `starts`) to the batch, padded to (pow2 batch, q); returns
+        each request's next token, sampled from its last fed position."""
+        pad = pow2(len(batch)) - len(batch)
+        lens = [len(s) for s in seqs]
         tables = [r.pages for r in batch] + [[]] * pad
         meta = step_meta(
             tables,

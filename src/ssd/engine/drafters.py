@@ -16,7 +16,7 @@ from torch import Tensor
 from ssd import saguaro
 from ssd.engine.requests import Request
 from ssd.engine.spec import Speculation, batch_inputs
-from ssd.jit import Step, pow2
+from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
 from ssd.models.loading import Model
 from ssd.steps import draft_step, glue_step, tree_step
@@ -51,9 +51,12 @@ class DraftModel:
             if -(-need // self.kv.page_size) > self.alloc.num_free:
                 raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
             self.pages[r.id] = self.alloc.ensure([], need)
+        for q, rows in length_buckets([len(r.prompt) for r in reqs]):
+            self._prefill([reqs[i] for i in rows], q)
+
+    def _prefill(self, reqs: Sequence[Request], q: int) -> None:
         b = pow2(len(reqs))
         tables, mp = self._tables(reqs, b)
-        q = pow2(max(len(r.prompt) for r in reqs), 16)
         lens = [len(r.prompt) for r in reqs] + [0] * (b - len(reqs))
         meta = step_meta(
             tables, [0] * b, lens, self.kv.page_size, q_len=q, max_pages=mp, device=self.device
