@@ -6,6 +6,7 @@ and the speculation metrics of DESIGN.md §6. SSD runs its draft in a second pro
 CPU core or device): it uses one device more than AR and SD, so tok/s per device is printed too.
 
     python benchmarks/speculative.py --draft PATH [--target PATH] [--prompts 8] [--k 4]
+        [--draft-dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--backup", default="neural")
     ap.add_argument("--saguaro-c", type=float, default=1.0)
+    ap.add_argument(
+        "--draft-dtypes",
+        default=None,
+        help="comma-separated draft dtypes, each timed as its own SD; SSD uses the first "
+        "(default: the target's)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.target:
@@ -56,19 +63,21 @@ def main(argv: list[str] | None = None) -> None:
 
         target = prepare_smollm2()
     common = dict(device=args.device, jit=args.jit, max_batch=1, max_model_len=2048)
-    spec = dict(draft=args.draft, k=args.k, **common)
-    engines = {
-        "AR": LLM(target, **common),
-        "SD": LLM(target, mode="sd", **spec),
-        "SSD": LLM(
-            target,
-            mode="ssd",
-            backup=args.backup,
-            saguaro_c=args.saguaro_c,
-            draft_process=True,
-            **spec,
-        ),
-    }
+    dtypes = args.draft_dtypes.split(",") if args.draft_dtypes else [None]
+    engines = {"AR": LLM(target, **common)}
+    for i, dt in enumerate(dtypes):
+        spec = dict(draft=args.draft, draft_dtype=dt, k=args.k, **common)
+        tag = f" {dt}" if len(dtypes) > 1 else ""
+        engines["SD" + tag] = LLM(target, mode="sd", **spec)
+        if i == 0:  # one draft process per run (it owns this process's process group)
+            engines["SSD" + tag] = LLM(
+                target,
+                mode="ssd",
+                backup=args.backup,
+                saguaro_c=args.saguaro_c,
+                draft_process=True,
+                **spec,
+            )
     prompts = prompts_for(engines["AR"], args.prompts)
     m = args.max_tokens
     full = SamplingParams(temperature=args.temperature, max_tokens=m, ignore_eos=True, seed=0)
@@ -84,22 +93,22 @@ def main(argv: list[str] | None = None) -> None:
             speed[name].append((m - 1) * len(prompts) / (t_full - t_one))
     for llm in engines.values():
         llm.close()
-    ar, sd = speed["AR"], speed["SD"]
+    ar, sd = speed["AR"], speed[next(n for n in speed if n.startswith("SD"))]
     print(
         f"batch 1, {len(prompts)} Spec-Bench prompts x {m} tokens, T={args.temperature}, "
         f"K={args.k}, {args.device}, repeats={args.repeats}"
     )
-    print(f"{'mode':<5}{'tok/s':>8}{'spread':>8}{'xAR':>6}{'xSD':>6}{'tok/s/dev':>10}  metrics")
+    print(f"{'mode':<14}{'tok/s':>8}{'spread':>8}{'xAR':>6}{'xSD':>6}{'tok/s/dev':>10}  metrics")
     for name, s in speed.items():
         x_ar = statistics.median(a / b for a, b in zip(s, ar, strict=True))
         x_sd = statistics.median(a / b for a, b in zip(s, sd, strict=True))
-        devices = 2 if name == "SSD" else 1
+        devices = 2 if name.startswith("SSD") else 1
         mt = metrics.get(name, {})
         keys = ("acceptance_rate", "mean_accepted_length", "cache_hit_rate", "draft_idle_fraction")
         shown = "  ".join(f"{k}={mt[k]:.3f}" for k in keys if k in mt)
         med = statistics.median(s)
         print(
-            f"{name:<5}{med:>8.1f}{max(s) - min(s):>8.1f}{x_ar:>6.2f}{x_sd:>6.2f}"
+            f"{name:<14}{med:>8.1f}{max(s) - min(s):>8.1f}{x_ar:>6.2f}{x_sd:>6.2f}"
             f"{med / devices:>10.1f}  {shown}"
         )
 

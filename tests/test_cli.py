@@ -28,3 +28,10 @@ def test_distill_commands_have_their_own_parsers(capsys):
 def test_mode_sd_with_a_target_but_no_draft_is_refused(capsys):
     assert main(["generate", "--target", "x", "--mode", "sd", "hi"]) == 1
     assert "needs --draft" in capsys.readouterr().err
+
+
+def test_draft_dtype_reaches_the_engine(checkpoints, capsys):
+    path = str(checkpoints["llama"])
+    args = ["generate", "--target", path, "--draft", path, "--mode", "sd", "--draft-dtype", "int8"]
+    assert main([*args, "hi"]) == 1
+    assert "floating-point" in capsys.readouterr().err

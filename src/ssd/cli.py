@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
     gen.add_argument("--draft-process", action="store_true", help="run the draft in a process")
+    gen.add_argument(
+        "--draft-dtype",
+        default=None,
+        help="the draft's dtype, e.g. bfloat16 (default: the target's; any is exact)",
+    )
     demo = sub.add_parser("demo", help="speculative sampling on a toy model pair, checked exactly")
     demo.add_argument("--rows", type=int, default=200_000)
     demo.add_argument("--k", type=int, default=4)
@@ -74,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(args: argparse.Namespace, target: object) -> int:
     from ssd import LLM, SamplingParams
 
-    options = {"draft": args.draft, "mode": args.mode, "k": args.k} if args.draft else {}
+    options = (
+        {"draft": args.draft, "mode": args.mode, "k": args.k, "draft_dtype": args.draft_dtype}
+        if args.draft
+        else {}
+    )
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,

@@ -33,8 +33,10 @@ class LLM:
     Saguaro: a speculation cache over `fanout` (K+1 counts), or over the geometric allocation
     of `budget` branches (default 4(K+1)) for acceptance `accept_estimate` and power-law
     exponent `power`, each estimated online when not given; Saguaro sampling with constant
-    `saguaro_c` (1 disables it)
-    and a `backup` on cache misses ("neural", "fast" n-gram, or "auto"). With `draft_process`
+    `saguaro_c` (1 disables it) and a `backup` on cache misses ("neural", "fast" n-gram, or
+    "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype` (a
+    bf16 draft next to an fp32 target is exact too, and faster on CPUs with bf16 units). With
+    `draft_process`
     the draft runs in its own process (on `draft_device`, or its own CPU core), answering each
     round and then building the next cache while the target verifies; otherwise the same steps
     run in this process, one after the other. Call `close()` (or use `with LLM(...)`) to stop
@@ -59,6 +61,7 @@ class LLM:
         accept_estimate: float | None = None,
         power: float | None = None,
         dtype: torch.dtype | str | None = None,
+        draft_dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         jit: str | None = None,
         max_batch: int = 8,
@@ -79,11 +82,10 @@ class LLM:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
         self.mode = mode
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        assert isinstance(dtype, torch.dtype)
+        dtype = _dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        # The draft only proposes (verification is exact for any proposal), so its precision
+        # is a speed choice: a bf16 draft next to an fp32 target is fine.
+        draft_dtype = _dtype(draft_dtype, dtype)
         self.model = load_model(target, dtype=dtype, device=device)
         cfg = self.model.cfg
         self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)
@@ -116,7 +118,7 @@ class LLM:
             power=power,
             saguaro_c=saguaro_c,
             backup=backup,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=str(draft_dtype).removeprefix("torch."),
             device=str(draft_device or device),
             jit=mode_jit,
             max_len=self.max_len,
@@ -215,6 +217,15 @@ class LLM:
         if self.tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer: pass prompts as token ids")
         return list(self.tokenizer.encode(prompt))
+
+
+def _dtype(value: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:
+    if value is None:
+        return default
+    out = getattr(torch, value, None) if isinstance(value, str) else value
+    if not isinstance(out, torch.dtype) or not out.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {value!r}")
+    return out
 
 
 def _tokenizer(path: str | Path, vocab_size: int) -> Any:

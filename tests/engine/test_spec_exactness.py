@@ -88,12 +88,18 @@ FILTERED = {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "max_tokens": N, "igno
 CASES = {
     "sd": ({"mode": "sd"}, FLAT, None),
     "sd top-k/top-p": ({"mode": "sd"}, FILTERED, None),
+    "sd bf16 draft": ({"mode": "sd", "draft_dtype": "bfloat16"}, FLAT, None),
     "ssd neural C=0.2": (
         {"mode": "ssd", "backup": "neural", "saguaro_c": 0.2, "fanout": [2, 1, 2]},
         FLAT,
         None,
     ),
     "ssd fast top-k/top-p": ({"mode": "ssd", "backup": "fast"}, FILTERED, None),
+    "ssd neural bf16 draft C=0.5": (
+        {"mode": "ssd", "backup": "neural", "saguaro_c": 0.5, "draft_dtype": "bfloat16"},
+        FILTERED,
+        None,
+    ),
     "ssd always hit C=0.5": (
         {"mode": "ssd", "fanout": [V] * (K + 1), "saguaro_c": 0.5},
         FLAT,

@@ -137,3 +137,20 @@ def test_draft_prefills_prompts_of_different_length_buckets(mode, checkpoints):
     llm = LLM(path, draft=path, mode=mode, k=3, max_batch=4)
     assert generate(llm, prompts) == generate(LLM(path, max_batch=4), prompts)
     assert llm.metrics is not None and llm.metrics["acceptance_rate"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["sd", "ssd"])
+def test_a_bf16_draft_next_to_an_fp32_target_keeps_the_target_tokens(mode, checkpoints, reference):
+    """The draft only proposes: its precision changes acceptance, never the tokens."""
+    target, draft = PAIRS[0]
+    llm = LLM(
+        checkpoints[target],
+        draft=checkpoints[draft],
+        mode=mode,
+        k=3,
+        max_batch=4,
+        draft_dtype="bfloat16",
+    )
+    assert llm.runner.drafter.d.model.params.embed.dtype == torch.bfloat16
+    assert llm.model.params.embed.dtype == torch.float32
+    assert generate(llm, PROMPTS) == reference[target]
