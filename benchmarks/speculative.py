@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             speed[name].append((m - 1) * len(prompts) / (t_full - t_one))
     for llm in engines.values():
         llm.close()
-    ar, sd = speed["AR"], speed[next(n for n in speed if n.startswith("SD"))]
+    ar, sd = speed["AR"], speed[list(engines)[1]]  # the first draft dtype's SD
     print(
         f"batch 1, {len(prompts)} Spec-Bench prompts x {m} tokens, T={args.temperature}, "
         f"K={args.k}, {args.device}, repeats={args.repeats}"

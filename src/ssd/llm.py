@@ -36,12 +36,11 @@ class LLM:
     `saguaro_c` (1 disables it) and a `backup` on cache misses ("neural", "fast" n-gram, or
     "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype` (a
     bf16 draft next to an fp32 target is exact too, and faster on CPUs with bf16 units). With
-    `draft_process`
-    the draft runs in its own process (on `draft_device`, or its own CPU core), answering each
-    round and then building the next cache while the target verifies; otherwise the same steps
-    run in this process, one after the other. Call `close()` (or use `with LLM(...)`) to stop
-    the draft process. `jit` is "eager",
-    "compile" (torch.compile per shape bucket) or "cudagraph" (CUDA only); the default is
+    `draft_process` the draft runs in its own process (on `draft_device`, or its own CPU core),
+    answering each round and then building the next cache while the target verifies; otherwise
+    the same steps run in this process, one after the other. Call `close()` (or use
+    `with LLM(...)`) to stop the draft process. `jit` is "eager", "compile" (torch.compile per
+    shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
     slots, enough by default for `max_batch` sequences of `max_model_len` tokens.

@@ -134,7 +134,7 @@ def speculate(
         max_batch=batch,
         max_model_len=max_len,
     )
-    # admitted in order of length, so a batch's padded prefill wastes little
+    # admitted in order of length: a decode step gathers every row's pages up to the longest
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with llm:
         ran = llm.generate(
