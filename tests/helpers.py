@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from ssd.kv import KVCache, PageAllocator, alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import Model, forward
@@ -21,8 +28,10 @@ COMMON: dict[str, Any] = dict(
     rms_norm_eps=1e-5,
 )
 
-# name -> (config class, model class, extra config). Together they cover GQA ratios 1, 2 and 4,
-# tied and untied heads, attention biases, llama3 RoPE scaling and Qwen3 q/k norms.
+# name -> (config class, model class, extra config). Together they cover the llama, qwen2 and
+# qwen3 families, GQA ratios 1, 2 and 4, tied and untied heads, biases on all four attention
+# projections (Llama) and on q/k/v only (Qwen2), default RoPE at theta 1e4 and 1e6, llama3 RoPE
+# scaling and Qwen3 q/k norms. New entries go last: the conftest seeds each by its position.
 CHECKPOINTS: dict[str, tuple[Any, Any, dict[str, Any]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=4)),
     "llama3_scaled_gqa4_tied": (
@@ -51,6 +60,11 @@ CHECKPOINTS: dict[str, tuple[Any, Any, dict[str, Any]]] = {
         Qwen3Config,
         Qwen3ForCausalLM,
         dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
+    ),
+    "qwen2": (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        dict(num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=False),
     ),
 }
 

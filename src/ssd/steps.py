@@ -65,12 +65,20 @@ def decode_step(
     Prefill and decode are this same step over different shape buckets (`prefill_step` is an
     alias), so a prompt's first token and later tokens follow one code path.
     """
-    logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
+    logits, kv = forward_unchecked(params, cfg, kv, tokens, meta, last[:, None])
     position = _rows(meta.positions, last) + 1
-    return kv, sample_next(_rows(logits, last), st, keys, position)
+    return kv, sample_next(logits[:, 0], st, keys, position)
 
 
 prefill_step = decode_step
+
+
+def fill_step(
+    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+) -> KVCache:
+    """Write the KV of tokens [B, Q] and compute no logits (the draft's prompt prefill)."""
+    none = torch.zeros(tokens.shape[0], 0, dtype=torch.int64, device=tokens.device)
+    return forward_unchecked(params, cfg, kv, tokens, meta, none)[1]
 
 
 def proposal_probs(
@@ -92,25 +100,30 @@ def draft_step(
     keys: Tensor,
     fanout: Tensor | None = None,
     c: Tensor | None = None,
-) -> tuple[KVCache, Tensor, Tensor]:
+) -> tuple[KVCache, Tensor, Tensor | None]:
     """Draft K = len(metas) tokens per sequence with their proposal rows q.
 
     The first forward feeds `tokens0` [B, 2] = the token before the last committed one and the
     last committed one r (re-writing the former's KV makes the draft cache whole again whatever
     the previous round accepted); each later forward feeds the token just drafted. `fanout`
-    [B, K] and `c` [B] turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V]).
+    [B, K] and `c` [B] turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V]); q is
+    None for an all-greedy batch, whose drafts are point masses on the draft's argmax.
     """
     out, qs = [], []
     inp = tokens0
     draft_keys = rnd.fold_in(keys, DRAFT)
+    last = torch.full_like(tokens0[:, :1], tokens0.shape[1] - 1)
     for d, meta in enumerate(metas):
-        logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
-        q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
-        tok = draw(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1), st.greedy)
+        logits, kv = forward_unchecked(params, cfg, kv, inp, meta, last if d == 0 else None)
+        if st.greedy:
+            tok = logits[:, -1].argmax(-1)
+        else:
+            q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
+            tok = draw(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1), False)
+            qs.append(q)
         out.append(tok)
-        qs.append(q)
         inp = tok[:, None]
-    return kv, torch.stack(out, 1), torch.stack(qs, 1)
+    return kv, torch.stack(out, 1), torch.stack(qs, 1) if qs else None
 
 
 def verify_step(
@@ -151,10 +164,11 @@ def tree_step(
     keys: Tensor,
     fanout: Tensor | None = None,
     c: Tensor | None = None,
-) -> tuple[KVCache, Tensor, Tensor]:
+) -> tuple[KVCache, Tensor, Tensor | None]:
     """Decode K = len(metas) steps over all branches at once: roots [B, M] are the candidate
     recovery/bonus tokens; each branch is an independent chain (mask and positions in `metas`).
-    Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome."""
+    Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome; q is
+    None for an all-greedy batch (point masses on the draft's argmax)."""
     b, m = roots.shape
     st_m = st.repeat_rows(m)
     branch_keys = rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
@@ -163,10 +177,13 @@ def tree_step(
     inp = roots
     for d, meta in enumerate(metas):
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
-        f = None if fanout is None else fanout[:, d].repeat_interleave(m)
-        q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
-        tok = draw(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1), st.greedy)
+        if st.greedy:
+            tok = logits.argmax(-1)
+        else:
+            f = None if fanout is None else fanout[:, d].repeat_interleave(m)
+            q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
+            tok = draw(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1), False)
+            qs.append(q.view(b, m, -1))
         out.append(tok.view(b, m))
-        qs.append(q.view(b, m, -1))
         inp = out[-1]
-    return kv, torch.stack(out, 2), torch.stack(qs, 2)
+    return kv, torch.stack(out, 2), torch.stack(qs, 2) if qs else None

@@ -37,10 +37,18 @@ def test_param_layout(name, models):
     assert set(p.layers) == set(expected)
     for key, shape in expected.items():
         assert p.layers[key].shape == (cfg.num_hidden_layers, *shape)
-    assert ("bq" in p.layers) == cfg.attention_bias and ("q_norm" in p.layers) == cfg.qk_norm
+    assert ("bq" in p.layers) == ("bk" in p.layers) == ("bv" in p.layers) == cfg.qkv_bias
+    assert ("bo" in p.layers) == cfg.o_bias and ("q_norm" in p.layers) == cfg.qk_norm
     assert p.embed.shape == p.lm_head.shape == (cfg.vocab_size, cfg.hidden_size)
     assert (p.lm_head is p.embed) == cfg.tie_word_embeddings
     assert p.inv_freq.shape == (cfg.head_dim // 2,) and p.inv_freq.dtype == torch.float32
+
+
+def test_each_family_has_its_own_attention_biases(models):
+    keys = {name: {k for k in m.params.layers if k.startswith("b")} for name, m in models.items()}
+    assert keys["llama_bias_gqa2"] == {"bq", "bk", "bv", "bo"}
+    assert keys["qwen2"] == {"bq", "bk", "bv"}
+    assert keys["llama"] == keys["qwen3_tied"] == set()
 
 
 def test_sharded_checkpoint_loads_like_single_file(checkpoints, models, tmp_path):
@@ -146,3 +154,78 @@ def test_tokenizer_larger_than_vocab_is_refused(ckpt):
         CheckpointError, match="tokenizer has 300 tokens but the model's vocab_size is 256"
     ):
         load_tokenizer(ckpt)
+
+
+O_BIAS = "model.layers.0.self_attn.o_proj.bias"
+
+
+def test_qwen2_checkpoint_with_an_o_proj_bias_is_refused(checkpoints, tmp_path):
+    """Qwen2 has no output-projection bias: loading one would silently drop it."""
+    ckpt = shutil.copytree(checkpoints["qwen2"], tmp_path / "ckpt")
+    _rewrite(ckpt, lambda t: t.update({O_BIAS: torch.ones(64)}))
+    with pytest.raises(CheckpointError) as info:
+        load_model(ckpt)
+    msg = str(info.value)
+    assert f"{ckpt / 'model.safetensors'}: unused tensor(s) {O_BIAS} (" in msg
+    assert "qwen2 config.json" in msg
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "model.layers.0.mlp.gate_proj.bias",  # a bias the family does not have
+        "model.layers.2.mlp.up_proj.weight",  # a layer past num_hidden_layers
+        "model.layers.1.self_attn.q_norm.weight",  # a q/k norm outside Qwen3
+        "model.embed_positions.weight",  # an unknown module
+        "lm_head.bias",
+    ],
+)
+def test_any_unexpected_tensor_is_refused(ckpt, extra):
+    _rewrite(ckpt, lambda t: t.update({extra: torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match=re.escape(f"unused tensor(s) {extra} (")):
+        load_model(ckpt)
+
+
+def test_unused_tensors_are_listed_then_counted(ckpt):
+    """A config with fewer layers than the weights leaves a whole layer (9 tensors) unused."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
+    with pytest.raises(CheckpointError) as info:
+        load_model(ckpt)
+    msg = str(info.value)
+    assert "model.layers.1.input_layernorm.weight" in msg and " and 1 more (" in msg
+    assert "model.layers.0." not in msg
+
+
+def test_sharded_checkpoint_with_an_unused_tensor_names_its_shard(checkpoints, tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    Qwen2ForCausalLM.from_pretrained(checkpoints["qwen2"]).save_pretrained(
+        tmp_path, max_shard_size="40KB"
+    )
+    index_file = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[0]
+    tensors = load_file(shard)
+    tensors[O_BIAS] = torch.ones(64)
+    save_file(tensors, shard)
+    index["weight_map"][O_BIAS] = shard.name
+    index_file.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=re.escape(f"{shard}: unused tensor(s) {O_BIAS} (")):
+        load_model(tmp_path)
+
+
+def test_tolerated_extras_load(checkpoints, models, tmp_path):
+    """A tied checkpoint may still store lm_head.weight (ignored, as in transformers), and
+    older checkpoints carry rotary `inv_freq` buffers (recomputed from the config)."""
+    ckpt = shutil.copytree(checkpoints["qwen3_tied"], tmp_path / "ckpt")
+    inv_freq = "model.layers.0.self_attn.rotary_emb.inv_freq"
+
+    def add(t):
+        t.update({"lm_head.weight": torch.zeros(256, 64), inv_freq: torch.zeros(16)})
+
+    _rewrite(ckpt, add)
+    loaded, ref = load_model(ckpt), models["qwen3_tied"]
+    assert loaded.params.lm_head is loaded.params.embed
+    for a, b in zip(tree_leaves(loaded.params), tree_leaves(ref.params), strict=True):
+        assert torch.equal(a, b)

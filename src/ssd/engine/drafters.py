@@ -19,7 +19,7 @@ from ssd.engine.spec import Speculation, batch_inputs
 from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
 from ssd.models.loading import Model
-from ssd.steps import draft_step, glue_step, tree_step
+from ssd.steps import draft_step, fill_step, glue_step, tree_step
 from ssd.tree import donate
 
 
@@ -35,6 +35,7 @@ class DraftModel:
         self.pad_table = self.alloc.ensure([], extra)
         self.device = kv.k_pages.device
         self._forward = Step(glue_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+        self._fill = Step(fill_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
         self._draft = Step(draft_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
         self._tree = Step(tree_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
 
@@ -63,7 +64,7 @@ class DraftModel:
         )
         tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
         m = self.model
-        kv, _ = self._forward(m.params, m.cfg, self.kv, tokens, meta)
+        kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
         self._donate(kv, "draft prefill")
 
     def release(self, req: Request) -> None:
@@ -71,8 +72,8 @@ class DraftModel:
 
     def draft(
         self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """K drafted tokens [b, K] and their q rows [b, K, V] from each committed prefix."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """K drafted tokens [b, K] and their q rows [b, K, V] (None: greedy point masses)."""
         b, st, keys = batch_inputs(batch, self.device)
         pad = b - len(batch)
         tables, mp = self._tables(batch, b)
@@ -121,8 +122,9 @@ class DraftModel:
         cands: saguaro.Candidates,
         saguaro_f: Tensor | None,
         c: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]
+        (None: greedy point masses)."""
         b, st, keys = batch_inputs(batch, self.device)
         tables, mp = self._tables(batch, b)
         tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
@@ -182,7 +184,7 @@ class SDDrafter:
 
     def answer(self, batch: Sequence[Request]) -> Speculation:
         tokens, q = self.d.draft(batch, None, None)
-        point = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        point = torch.full((tokens.shape[0],), q is None, dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
 
     def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
@@ -198,7 +200,7 @@ class _Cache:
     fanouts: list[list[int]]  # each row's primary fan-out that round
     cands: saguaro.Candidates
     tokens: Tensor
-    q: Tensor
+    q: Tensor | None  # None: greedy point masses
 
 
 class SSDDrafter(SDDrafter):
@@ -291,7 +293,7 @@ class SSDDrafter(SDDrafter):
         if all(hit):
             assert self.cache is not None
             tokens, q = self._from_cache(batch, hit)
-            point = torch.zeros(b, dtype=torch.bool, device=dev)
+            point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         elif kind == "neural":
             tokens, q = self.d.draft(batch, f, c)
             self._seconds["neural"] = time.perf_counter() - start
@@ -299,8 +301,9 @@ class SSDDrafter(SDDrafter):
                 cached_t, cached_q = self._from_cache(batch, hit)
                 h = _pad(torch.tensor(hit, device=dev), b)
                 tokens = torch.where(h[:, None], cached_t, tokens)
-                q = torch.where(h[:, None, None], cached_q, q)
-            point = torch.zeros(b, dtype=torch.bool, device=dev)
+                if q is not None and cached_q is not None:
+                    q = torch.where(h[:, None, None], cached_q, q)
+            point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
             guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch] + [[0] * k] * (
                 b - len(batch)
@@ -312,8 +315,11 @@ class SSDDrafter(SDDrafter):
                 cached_t, cached_q = self._from_cache(batch, hit)
                 h = _pad(torch.tensor(hit, device=dev), b)
                 tokens = torch.where(h[:, None], cached_t, tokens)
-                q = torch.where(h[:, None, None], cached_q, q)
+                if cached_q is not None:
+                    q = torch.where(h[:, None, None], cached_q, q)
             point = ~_pad(torch.tensor(hit, device=dev), b)
+            if all(r.params.temperature == 0 for r in batch):
+                q, point = None, torch.ones_like(point)  # greedy: every row is a point mass
         return Speculation(tokens, q, point, list(hit))
 
     def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
@@ -346,12 +352,14 @@ class SSDDrafter(SDDrafter):
                     self._estimator(r.id).observe_lookup(h, cache.fanouts[row][n])
         return hits
 
-    def _from_cache(self, batch: Sequence[Request], hit: list[bool]) -> tuple[Tensor, Tensor]:
+    def _from_cache(
+        self, batch: Sequence[Request], hit: list[bool]
+    ) -> tuple[Tensor, Tensor | None]:
         assert self.cache is not None
         idx, branch = self._branch
         b = pow2(len(batch))
         tokens = _pad(self.cache.tokens[idx, branch], b)
-        q = _pad(self.cache.q[idx, branch], b)
+        q = None if self.cache.q is None else _pad(self.cache.q[idx, branch], b)
         return tokens, q
 
     def _build(self, batch: Sequence[Request], tokens: Tensor, hit: list[bool], kind: str) -> None:

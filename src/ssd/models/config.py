@@ -1,4 +1,12 @@
-"""Static model configuration read from a Hugging Face `config.json` (Llama 3 and Qwen3)."""
+"""Static model configuration read from a Hugging Face `config.json` (Llama 3, Qwen2/2.5, Qwen3).
+
+The three families share one decoder and differ only in static flags derived here:
+
+- ``llama``: ``attention_bias`` puts a bias on all four attention projections (q, k, v, o).
+- ``qwen2`` (Qwen2 and Qwen2.5): always biases on q, k and v, never on o; no q/k norms. Its
+  sliding-window keys are accepted only while sliding windows are off.
+- ``qwen3``: per-head RMSNorm of q and k; ``attention_bias`` as for Llama.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
 class CheckpointError(ValueError):
@@ -42,7 +50,8 @@ class ModelConfig:
     rope_scaling: Llama3RopeScaling | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    qkv_bias: bool  # biases on the q, k and v projections
+    o_bias: bool  # bias on the attention output projection
     qk_norm: bool
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -84,8 +93,15 @@ class ModelConfig:
         _reject(source, "hidden_act", d.get("hidden_act", "silu"), "silu")
         _reject(source, "mlp_bias", d.get("mlp_bias", False), False)
         _reject(source, "use_sliding_window", d.get("use_sliding_window", False), False)
+        # transformers 5 lists each layer's attention kind; only full attention is implemented.
+        for i, kind in enumerate(d.get("layer_types") or ()):
+            _reject(source, f"layer_types[{i}]", kind, "full_attention")
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
         theta, scaling = _rope(d, source)
+        # Qwen2's attention hard-codes its biases (q/k/v yes, o no) and has no config key for
+        # them; Llama and Qwen3 put `attention_bias` on all four projections.
+        attention_bias = bool(d.get("attention_bias", False))
+        qkv_bias, o_bias = (True, False) if model_type == "qwen2" else (attention_bias,) * 2
         eos = d.get("eos_token_id")
         eos_ids = tuple(
             int(t) for t in (eos if isinstance(eos, list) else [] if eos is None else [eos])
@@ -104,7 +120,8 @@ class ModelConfig:
             rope_scaling=scaling,
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias", False)),
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
             qk_norm=model_type == "qwen3",
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=eos_ids,

@@ -1,13 +1,15 @@
-"""Functional Llama 3 / Qwen3 decoder: ``forward(params, cfg, kv, tokens, meta)``.
+"""Functional Llama 3 / Qwen2 / Qwen3 decoder: ``forward(params, cfg, kv, tokens, meta)``.
 
-One implementation for both families; they differ only in static flags of :class:`ModelConfig`
-(Qwen3: per-head RMSNorm of q and k before RoPE; either may have attention biases). Numerics
-follow `transformers` (RMSNorm in float32, RoPE as ``x * cos + rotate_half(x) * sin`` with
-float32 angles) so that fp32 logits agree to rounding.
+One implementation for all three families; they differ only in static flags of
+:class:`ModelConfig`: which attention projections carry a bias (Qwen2: q, k and v but not o;
+Llama and Qwen3: all four or none) and whether q and k get a per-head RMSNorm before RoPE
+(Qwen3). Numerics follow `transformers` (RMSNorm in float32, RoPE as
+``x * cos + rotate_half(x) * sin`` with float32 angles) so that fp32 logits agree to rounding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssd.attention import attention_mask, paged_attention
+from ssd.kernels import linear
 from ssd.kv import AttentionMeta, KVCache, write_kv
 from ssd.models.config import ModelConfig
 from ssd.tree import check_live, donate, pytree_dataclass
@@ -43,8 +46,10 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "w_up": (inter, hid),
         "w_down": (hid, inter),
     }
-    if cfg.attention_bias:
-        shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), bo=(hid,))
+    if cfg.qkv_bias:
+        shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,))
+    if cfg.o_bias:
+        shapes.update(bo=(hid,))
     if cfg.qk_norm:
         shapes.update(q_norm=(cfg.head_dim,), k_norm=(cfg.head_dim,))
     return shapes
@@ -60,6 +65,9 @@ class Params:
     final_norm: Tensor  # [hidden]
     lm_head: Tensor  # [V, hidden]
     inv_freq: Tensor  # [head_dim / 2] float32 RoPE inverse frequencies, derived from cfg at load
+    # int8 weights (`ssd.models.quantize`) carry fp32 per-row scales: a layer weight `name` in
+    # `layers[name + "_scale"]`, the head in `head_scale["lm_head"]`; empty for float weights.
+    head_scale: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
@@ -113,9 +121,9 @@ def _attention_block(
     mask: Tensor,
 ) -> Tensor:
     b, q_len, _ = x.shape
-    q = F.linear(x, lp["wq"], lp.get("bq")).view(b, q_len, cfg.num_attention_heads, cfg.head_dim)
-    k = F.linear(x, lp["wk"], lp.get("bk")).view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
-    v = F.linear(x, lp["wv"], lp.get("bv")).view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
+    q = _proj(lp, "wq", x, "bq").view(b, q_len, cfg.num_attention_heads, cfg.head_dim)
+    k = _proj(lp, "wk", x, "bk").view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
+    v = _proj(lp, "wv", x, "bv").view(b, q_len, cfg.num_key_value_heads, cfg.head_dim)
     if cfg.qk_norm:
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
@@ -125,15 +133,26 @@ def _attention_block(
     out = paged_attention(
         q, kv.k_pages[layer], kv.v_pages[layer], meta.block_tables, mask, cfg.head_dim**-0.5
     )
-    return F.linear(out.reshape(b, q_len, cfg.q_size), lp["wo"], lp.get("bo"))
+    return _proj(lp, "wo", out.reshape(b, q_len, cfg.q_size), "bo")
+
+
+def _proj(lp: LayerParams, name: str, x: Tensor, bias: str | None = None) -> Tensor:
+    """One projection; int8 weights carry a per-row scale under ``name + "_scale"``."""
+    return linear(x, lp[name], None if bias is None else lp.get(bias), lp.get(name + "_scale"))
 
 
 def _mlp_block(lp: LayerParams, x: Tensor) -> Tensor:
-    return F.linear(F.silu(F.linear(x, lp["w_gate"])) * F.linear(x, lp["w_up"]), lp["w_down"])
+    gate, up = _proj(lp, "w_gate", x), _proj(lp, "w_up", x)
+    return _proj(lp, "w_down", F.silu(gate) * up)
 
 
 def forward_unchecked(
-    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    tokens: Tensor,
+    meta: AttentionMeta,
+    logits_at: Tensor | None = None,
 ) -> tuple[Tensor, KVCache]:
     """The traceable body of :func:`forward`, without donation bookkeeping (a Python side effect
     that a compiled region must not contain; `ssd.jit` wraps this and donates outside)."""
@@ -147,19 +166,29 @@ def forward_unchecked(
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
         x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
         x = x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+    if logits_at is not None:  # the head is the largest matrix: apply it only where needed
+        x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
     x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
-    return F.linear(x, params.lm_head).float(), KVCache(kv.k_pages, kv.v_pages)
+    head = linear(x, params.lm_head, None, params.head_scale.get("lm_head"))
+    return head.float(), KVCache(kv.k_pages, kv.v_pages)
 
 
 def forward(
-    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    tokens: Tensor,
+    meta: AttentionMeta,
+    logits_at: Tensor | None = None,
 ) -> tuple[Tensor, KVCache]:
     """Run tokens ``[B, Q]`` through the model: ``(logits [B, Q, V] float32, kv)``.
 
+    `logits_at` [B, n] (query indices) computes logits only at those positions: ``[B, n, V]``
+    (n = 0 writes the KV and computes no logits, as a prefill whose logits nobody reads).
     Writes this step's K/V into `kv`'s pages in place and consumes `kv`: use the returned cache;
     reusing the old one raises :class:`ssd.tree.StaleStateError`. Logits of padding rows
     (slot -1) are meaningless.
     """
     check_live(kv, FORWARD)
-    logits, new_kv = forward_unchecked(params, cfg, kv, tokens, meta)
+    logits, new_kv = forward_unchecked(params, cfg, kv, tokens, meta, logits_at)
     return logits, donate(kv, new_kv, FORWARD)

@@ -38,6 +38,11 @@ _LAYER_NAMES: dict[str, str] = {
 }
 
 
+EMBED, NORM, HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+# How many unused tensor names an error lists per file before summarizing the rest.
+_LIST_AT_MOST = 8
+
+
 @pytree_dataclass
 class Model:
     """A loaded model: static config plus the weight pytree."""
@@ -52,11 +57,23 @@ def load_model(
     """Read `config.json` and `model.safetensors` (or a sharded index) from directory `path`.
 
     Raises :class:`CheckpointError` naming the file and tensor for anything missing, misshapen
-    or stored in an unsupported dtype.
+    or stored in an unsupported dtype, and for any tensor the model would not use (tolerated:
+    ``lm_head.weight`` next to tied embeddings, as transformers ignores it too, and the rotary
+    ``inv_freq`` buffers some older checkpoints carry; ours are recomputed from the config).
     """
     path = Path(path)
     cfg = ModelConfig.from_pretrained(path)
+    layer_names = {
+        key: [f"model.layers.{i}.{_LAYER_NAMES[key]}" for i in range(cfg.num_hidden_layers)]
+        for key in layer_shapes(cfg)
+    }
+    # A tied checkpoint may still store lm_head.weight; transformers ignores it, and so do we.
+    accepted = {EMBED, NORM, HEAD, *(n for names in layer_names.values() for n in names)}
     with _Reader(path) as r:
+        # Before reading anything: a tensor this config has no place for (an o_proj bias in a
+        # Qwen2 checkpoint, a layer past num_hidden_layers, an unknown module) means the
+        # checkpoint and config.json disagree; dropping it would silently change the model.
+        r.refuse_unused(accepted, cfg.model_type)
 
         def get(name: str, shape: tuple[int, ...]) -> Tensor:
             return r.get(name, shape).to(device=device, dtype=dtype)
@@ -64,21 +81,16 @@ def load_model(
         # Stacked [L, ...] per weight: one tensor per kind suits scan-style tracing and
         # sharding rules keyed by name; the forward indexes layer i as a view.
         layers = {
-            key: torch.stack(
-                [
-                    get(f"model.layers.{i}.{_LAYER_NAMES[key]}", shape)
-                    for i in range(cfg.num_hidden_layers)
-                ]
-            )
+            key: torch.stack([get(name, shape) for name in layer_names[key]])
             for key, shape in layer_shapes(cfg).items()
         }
         vocab = (cfg.vocab_size, cfg.hidden_size)
-        embed = get("model.embed_tokens.weight", vocab)
+        embed = get(EMBED, vocab)
         params = Params(
             embed=embed,
             layers=layers,
-            final_norm=get("model.norm.weight", (cfg.hidden_size,)),
-            lm_head=embed if cfg.tie_word_embeddings else get("lm_head.weight", vocab),
+            final_norm=get(NORM, (cfg.hidden_size,)),
+            lm_head=embed if cfg.tie_word_embeddings else get(HEAD, vocab),
             inv_freq=rope_inv_freq(cfg).to(device),
         )
     return Model(cfg=cfg, params=params)
@@ -119,6 +131,30 @@ class _Reader:
             self._handles[file] = self._stack.enter_context(safe_open(str(file), framework="pt"))
         return self._handles[file]
 
+    def names(self) -> dict[str, Path]:
+        """Every tensor name in the checkpoint, with the file that holds it. For a sharded
+        checkpoint this is the index's `weight_map` (shards are opened only when read)."""
+        if self._where is not None:
+            return dict(self._where)
+        handle = self._open(self._source, "the weights")
+        return dict.fromkeys(handle.keys(), self._source)
+
+    def refuse_unused(self, accepted: set[str], model_type: str) -> None:
+        """Raise naming each file and its tensors that are not in `accepted` (rotary `inv_freq`
+        buffers excepted: they are derived from the config, and recomputed)."""
+        by_file: dict[Path, list[str]] = {}
+        for name, file in self.names().items():
+            if name not in accepted and not name.endswith("rotary_emb.inv_freq"):
+                by_file.setdefault(file, []).append(name)
+        if by_file:
+            raise CheckpointError(
+                "; ".join(
+                    f"{file}: unused tensor(s) {_listing(sorted(names))}"
+                    for file, names in by_file.items()
+                )
+                + f" (this {model_type} config.json has no place for them; refusing to drop them)"
+            )
+
     def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
         # A sharded checkpoint's index says which file holds `name`; absent from it = missing.
         file = self._source if self._where is None else self._where.get(name)
@@ -137,6 +173,11 @@ class _Reader:
             )
         tensor: Tensor = handle.get_tensor(name)
         return tensor
+
+
+def _listing(names: list[str]) -> str:
+    more = len(names) - _LIST_AT_MOST
+    return ", ".join(names[:_LIST_AT_MOST]) + (f" and {more} more" if more > 0 else "")
 
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> Any:

@@ -1,0 +1,72 @@
+"""Native CPU kernels, built on first use, and the `linear` every model projection goes through.
+
+`linear(x, w, b)` is `F.linear` except on x86 CPUs with AVX2 and FMA, where bf16 and int8
+weights go through `cpu_linear.cpp`: it streams the weights once per call and accumulates in
+fp32, which on CPUs without AVX-512 BF16 is several times faster than ATen's bf16 GEMM at the
+row counts of decoding (1 to ~20), and it is batch-invariant (a row's result does not depend on
+the other rows). The extension is compiled once per machine into ``$SSD_CACHE_DIR/kernels``
+(about 20 s; needs a C++ compiler). Where it cannot be built or used, `linear` falls back to
+ATen with a warning, and int8 weights are widened on the fly.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("cpu_linear.cpp")
+
+
+@functools.cache
+def cpu_kernels_available() -> bool:
+    """Build (or load the cached build of) the CPU extension; False where it cannot run."""
+    if os.environ.get("SSD_CPU_KERNELS", "1") == "0":
+        return False
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return False
+    from torch.utils.cpp_extension import load
+
+    root = Path(os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd") / "kernels"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        load(
+            name="ssd_cpu_linear",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+            build_directory=str(root),
+            is_python_module=False,
+            verbose=False,
+        )
+    except (OSError, RuntimeError, ImportError) as e:
+        warnings.warn(f"ssd: CPU kernels unavailable, using ATen's ({e})", stacklevel=2)
+        return False
+    return True
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("ssd_cpu::linear")
+    def _(x: Tensor, w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    """x @ w.T + bias, for w [N, K] in x's dtype, bf16, or int8 with per-row `scale` [N]."""
+    if x.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.int8) and _native():
+        return torch.ops.ssd_cpu.linear(x, w, scale, bias)
+    if scale is not None:  # int8 elsewhere: widen, then scale the rows
+        return F.linear(x, w.to(x.dtype)) * scale.to(x.dtype) + (0 if bias is None else bias)
+    return F.linear(x, w, bias)
+
+
+@functools.cache
+def _native() -> bool:
+    ok = cpu_kernels_available()
+    if ok:
+        _register_fake()
+    return ok
