@@ -34,8 +34,9 @@ class LLM:
     of `budget` branches (default 4(K+1)) for acceptance `accept_estimate` and power-law
     exponent `power`, each estimated online when not given; Saguaro sampling with constant
     `saguaro_c` (1 disables it) and a `backup` on cache misses ("neural", "fast" n-gram, or
-    "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype` (a
-    bf16 draft next to an fp32 target is exact too, and faster on CPUs with bf16 units). With
+    "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
+    draft precision is exact (the draft only proposes): a bf16 draft next to an fp32 target, or
+    `draft_dtype="int8"` (int8 weights, bf16 activations: half the bytes of a bf16 draft). With
     `draft_process` the draft runs in its own process (on `draft_device`, or its own CPU core),
     answering each round and then building the next cache while the target verifies; otherwise
     the same steps run in this process, one after the other. Call `close()` (or use
@@ -84,7 +85,7 @@ class LLM:
         dtype = _dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         # The draft only proposes (verification is exact for any proposal), so its precision
         # is a speed choice: a bf16 draft next to an fp32 target is fine.
-        draft_dtype = _dtype(draft_dtype, dtype)
+        draft_dtype = "int8" if draft_dtype == "int8" else _dtype(draft_dtype, dtype)
         self.model = load_model(target, dtype=dtype, device=device)
         cfg = self.model.cfg
         self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)

@@ -49,12 +49,12 @@ def pair(tmp_path_factory):
     return root / "target", root / "draft"
 
 
-def exact_target_law(path, params):
-    model = load_model(path)
+def exact_target_law(path, params, dtype=torch.float32):
+    model = load_model(path, dtype=dtype)
 
     def logits(prefix):
         seq = PROMPT + list(prefix)
-        kv = alloc_kv_cache(model.cfg, 4, 16)
+        kv = alloc_kv_cache(model.cfg, 4, 16, dtype=dtype)
         meta = step_meta([[0, 1, 2, 3]], [0], [len(seq)], 16)
         out, _ = forward(model.params, model.cfg, kv, pack_tokens([seq]), meta)
         return out[0, len(seq) - 1].double()
@@ -89,6 +89,17 @@ CASES = {
     "sd": ({"mode": "sd"}, FLAT, None),
     "sd top-k/top-p": ({"mode": "sd"}, FILTERED, None),
     "sd bf16 draft": ({"mode": "sd", "draft_dtype": "bfloat16"}, FLAT, None),
+    "sd int8 draft": ({"mode": "sd", "draft_dtype": "int8"}, FILTERED, None),
+    "sd bf16 target int8 draft": (
+        {"mode": "sd", "dtype": "bfloat16", "draft_dtype": "int8"},
+        FLAT,
+        None,
+    ),
+    "ssd int8 draft C=0.5": (
+        {"mode": "ssd", "backup": "neural", "saguaro_c": 0.5, "draft_dtype": "int8"},
+        FLAT,
+        None,
+    ),
     "ssd neural C=0.2": (
         {"mode": "ssd", "backup": "neural", "saguaro_c": 0.2, "fanout": [2, 1, 2]},
         FLAT,
@@ -122,7 +133,8 @@ def test_pipeline_law_equals_target_law(case, pair):
     llm = LLM(target, draft=draft, k=K, max_batch=256, **options)
     if patch is not None:
         patch(llm.runner.drafter)
-    want = exact_target_law(target, SamplingParams(**params))
+    dtype = getattr(torch, options.get("dtype", "float32"))  # the target's own law, in its dtype
+    want = exact_target_law(target, SamplingParams(**params), dtype)
     testing.assert_follows(sampled(llm, params), want, ALPHA)
     m = llm.metrics
     if case.startswith("ssd always hit"):

@@ -400,7 +400,7 @@ class DraftConfig:
     fanout: tuple[int, ...]  # SSD: a fixed list, or empty for the geometric estimator
     saguaro_c: float
     backup: str
-    dtype: str
+    dtype: str  # a torch float dtype's name, or "int8" (int8 weights, bf16 activations)
     device: str
     jit: str
     max_len: int
@@ -415,9 +415,13 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     """Load the draft checkpoint and build an SD or SSD drafter with its own KV pages."""
     from ssd.kv import alloc_kv_cache
     from ssd.models.loading import load_model
+    from ssd.models.quantize import quantize_int8
 
-    dtype = getattr(torch, cfg.dtype)
+    # "int8": int8 weights (ssd.models.quantize) with bf16 activations and KV.
+    dtype = torch.bfloat16 if cfg.dtype == "int8" else getattr(torch, cfg.dtype)
     model = load_model(cfg.path, dtype=dtype, device=cfg.device)
+    if cfg.dtype == "int8":
+        model = quantize_int8(model)
     # SD needs the glue lookahead; SSD also the K tree steps over all branches.
     budget = sum(cfg.fanout) or cfg.budget
     extra = cfg.k + 1 + (cfg.k * budget if cfg.mode == "ssd" else 0)

@@ -1,0 +1,61 @@
+"""The CPU linear kernels against an fp32 reference, and their batch invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssd.kernels import cpu_kernels_available, linear
+from ssd.models.quantize import quantize_rows
+
+pytestmark = pytest.mark.skipif(
+    not cpu_kernels_available(), reason="needs an x86 CPU with AVX2 and a C++ compiler"
+)
+
+
+def _weights(n: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g) / k**0.5
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 20])
+@pytest.mark.parametrize(("n", "k"), [(64, 64), (37, 13), (9, 200)])  # N % 4, K % 8 tails
+def test_bf16_matches_fp32_reference(m, n, k):
+    w = _weights(n, k, seed=n + k).bfloat16()
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    bias = torch.randn(n)
+    ref = F.linear(x, w.float(), bias)
+    out = linear(x, w, bias)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 4, 9])
+def test_int8_matches_dequantized_reference(m):
+    w = _weights(48, 96, seed=3)
+    q, scale = quantize_rows(w)
+    x = torch.randn(2, m, 96, generator=torch.Generator().manual_seed(m))  # leading dims kept
+    ref = F.linear(x, q.float() * scale[:, None])
+    out = linear(x, q, None, scale)
+    assert out.shape == (2, m, 48)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (w - q.float() * scale[:, None]).abs().max() <= scale.max() / 2 + 1e-7
+
+
+def test_a_row_does_not_depend_on_its_batch():
+    """Bitwise: each output is one dot product in a fixed order, whatever M and the row's place."""
+    w = _weights(40, 136, seed=5).bfloat16()
+    rows = torch.randn(11, 136, generator=torch.Generator().manual_seed(0)).bfloat16()
+    alone = torch.cat([linear(rows[i : i + 1], w) for i in range(11)])
+    for m in (2, 3, 5, 11):
+        together = torch.cat([linear(rows[i : i + m], w) for i in range(0, 11, m)])
+        assert torch.equal(together, alone), m
+
+
+def test_bf16_activations_round_like_aten():
+    w = _weights(32, 64, seed=7).bfloat16()
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    out = linear(x, w)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.linear(x.float(), w.float()), rtol=8e-3, atol=8e-3)
