@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.model:
         path = Path(args.model)
     else:
-        from ssd.models.smollm2 import prepare_smollm2
+        from ssd.prepare import prepare_smollm2
 
         path = prepare_smollm2()
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    from ssd.models.smollm2 import prepare_smollm2
+    from ssd.prepare import prepare_smollm2
 
     torch.set_num_threads(args.threads)
     llm = LLM(prepare_smollm2(), max_batch=args.prompts, max_model_len=4096)

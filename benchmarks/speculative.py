@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.target:
         target = Path(args.target)
     else:
-        from ssd.models.smollm2 import prepare_smollm2
+        from ssd.prepare import prepare_smollm2
 
         target = prepare_smollm2()
     common = dict(device=args.device, jit=args.jit, max_batch=1, max_model_len=2048)

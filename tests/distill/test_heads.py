@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ssd.distill.heads import head_scores
-from ssd.models.smollm2 import prepare_smollm2
+from ssd.prepare import prepare_smollm2
 
 
 def test_copying_heads_sit_in_the_middle_layers() -> None:

@@ -82,7 +82,7 @@ def test_smollm2_draft_ratio() -> None:
 def test_committed_draft_fits_the_budget() -> None:
     """The committed draft's own config costs at most 0.3x SmolLM2-135M per token."""
     from ssd.distill.pipeline import default_artifact
-    from ssd.models.smollm2 import prepare_smollm2
+    from ssd.prepare import prepare_smollm2
 
     draft = json.loads((default_artifact() / "draft.json").read_text())["config"]
     target = json.loads((prepare_smollm2(progress=False) / "config.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from ssd import LLM, SamplingParams
 from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import forward
-from ssd.models.smollm2 import prepare_smollm2
+from ssd.prepare import prepare_smollm2
 
 CHATS = [
     "What is the capital of France?",

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ssd.distill.pipeline import chat_ids, prepare_draft
     from ssd.models import ModelConfig, load_tokenizer
-    from ssd.models.smollm2 import prepare_smollm2
+    from ssd.prepare import prepare_smollm2
 
     args = build_parser().parse_args(argv)
     if args.threads:

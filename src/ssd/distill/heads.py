@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args:
         path = Path(args[0])
     else:
-        from ssd.models.smollm2 import prepare_smollm2
+        from ssd.prepare import prepare_smollm2
 
         path = prepare_smollm2(progress=False)
     model = AutoModelForCausalLM.from_pretrained(

@@ -42,7 +42,7 @@ def prepare_draft(
     """The Hugging Face draft directory `<cache>/smollm2-135m-instruct-draft/`, assembled from
     the committed artifact and the prepared target on first use (about 2 s)."""
     from ssd.distill.draft import assemble
-    from ssd.models.smollm2 import cache_root, prepare_smollm2
+    from ssd.prepare import cache_root, prepare_smollm2
 
     src = Path(artifact) if artifact else default_artifact()
     out = cache_root(cache_dir) / ARTIFACT_NAME
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ssd.distill.teacher import Job, generate_shards, load_all
     from ssd.distill.train import TrainConfig, evaluate_heldout, train
     from ssd.models import load_model, load_tokenizer
-    from ssd.models.smollm2 import cache_root, prepare_smollm2
+    from ssd.prepare import cache_root, prepare_smollm2
 
     if args.threads:
         torch.set_num_threads(args.threads)
