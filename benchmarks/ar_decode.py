@@ -5,13 +5,15 @@ and decode time = T(M) - T(1) for (M - 1) tokens per prompt. Reports per-repeat 
 median and spread, and the median of the per-repeat ratios.
 
     python benchmarks/ar_decode.py                       # SmolLM2-135M-Instruct on CPU
-    python benchmarks/ar_decode.py --random-shape --device cuda --jit cudagraph
+    python benchmarks/ar_decode.py --random-shape --tokenizer ~/.cache/ssd/smollm2-135m-instruct \
+        --device cuda --jit cudagraph
+
+Prompts: Spec-Bench chat prompts shipped with ssd (`ssd.specbench`), spread over its tasks.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -19,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ssd import LLM, SamplingParams
-
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared/data/spec_bench/question.jsonl"
+from ssd import LLM, SamplingParams, specbench
 
 
 def random_smollm2(root: Path, layers: int = 30, seed: int = 0) -> Path:
@@ -44,17 +44,24 @@ def random_smollm2(root: Path, layers: int = 30, seed: int = 0) -> Path:
     return path
 
 
-def prompts_for(llm: LLM, n: int, length: int = 64) -> list[list[int]]:
-    if llm.tokenizer is None or not SPEC_BENCH.exists():
-        g = torch.Generator().manual_seed(0)
-        return torch.randint(0, llm.model.cfg.vocab_size, (n, length), generator=g).tolist()
+def prompts_for(llm: LLM, n: int, tokenizer: str | None = None) -> list[list[int]]:
+    """`n` Spec-Bench chat prompts (shipped with ssd), spread over its six tasks, tokenized by
+    `tokenizer` (a directory) or else the model's own tokenizer."""
     tok = llm.tokenizer
-    questions = [json.loads(line)["turns"][0] for line in SPEC_BENCH.read_text().splitlines()]
-    chats = [
-        [{"role": "user", "content": q}] for q in questions[:: max(1, len(questions) // n)][:n]
-    ]
-    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-    return [tok.encode(t, add_special_tokens=False) for t in texts]
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    if tok is None:
+        raise SystemExit(
+            "error: the checkpoint has no tokenizer, so there are no real prompts to time; "
+            "pass --tokenizer DIR (e.g. the prepared SmolLM2 for --random-shape)"
+        )
+    prompts = specbench.chat_prompts(tok, n)
+    vocab = llm.model.cfg.vocab_size
+    if max(max(p) for p in prompts) >= vocab:
+        raise SystemExit(f"error: the tokenizer's ids exceed the model's vocabulary ({vocab})")
+    return prompts
 
 
 def time_ssd(llm: LLM, prompts: list[list[int]], m: int, batch: int) -> float:
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--jit", default=None)
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--tokenizer", help="tokenizer dir for the prompts (default: the model's)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(args.device)
     hf.eval()
-    prompts = prompts_for(llm, args.prompts)
+    prompts = prompts_for(llm, args.prompts, args.tokenizer)
     m = args.max_tokens
     time_ssd(llm, prompts[:1], m, 1)  # warm up: compile / capture
     time_hf(hf, prompts[:1], 4, args.device)

@@ -2,8 +2,8 @@
 
 Batch 1, greedy by default. Prints per mode: decode tok/s (median and spread over repeats;
 prefill excluded: T(M tokens) - T(1 token)), the ratios to AR and to SD measured side by side,
-and the speculation metrics of DESIGN.md §6. SSD runs its draft in a second process (its own
-CPU core or device): it uses one device more than AR and SD, so tok/s per device is printed too.
+and the speculation metrics of docs/design.md §5. SSD runs its draft in a second process (its
+own CPU core or device): it uses one device more than AR and SD, so tok/s per device is printed too.
 
     python benchmarks/speculative.py --draft PATH [--target PATH] [--prompts 8] [--k 4]
         [--draft-dtypes float32,bfloat16]

@@ -1,5 +1,6 @@
 """Exact-law tests, no sampling noise: the law of the tokens emitted by verification rounds,
-computed by enumeration in float64, equals the target's law to 1e-12 (DESIGN.md §5, level 1)."""
+computed by enumeration in float64, equals the target's law to 1e-12 (docs/design.md §4,
+level 1)."""
 
 import dataclasses
 

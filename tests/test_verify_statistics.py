@@ -1,4 +1,4 @@
-"""Statistical tests of the batched verifier itself (DESIGN.md §5, level 2).
+"""Statistical tests of the batched verifier itself (docs/design.md §4, level 2).
 
 Each test draws >= 100,000 rows with fixed keys. p and q do not depend on the prefix here, so
 the closed forms are simple: a_i = sum(min(p_i, q_i)), P(n >= i) = a_0 ... a_{i-1}, the token

@@ -145,7 +145,7 @@ class LLM:
 
     @property
     def metrics(self) -> dict[str, float | list[float] | None] | None:
-        """Speculation metrics of the last `generate` call (DESIGN.md §6); None in AR mode."""
+        """Speculation metrics of the last `generate` call (docs/design.md §5); None in AR."""
         return self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else None
 
     def generate(

@@ -4,7 +4,7 @@ fast (n-gram) backup guess.
 An outcome of a verification round is (k, t*): k drafts accepted, then the recovery or bonus
 token t*. The draft pre-speculates, for each sequence, the outcomes (j, c) with c among the
 top-F_j tokens of its own distribution g_j at depth j (excluding the drafted s_{j+1} for j < K:
-a rejected token is never the recovery token). DESIGN.md §2.
+a rejected token is never the recovery token). docs/design.md §2.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def ngram_guess(tokens: Sequence[int], k: int, max_n: int = 3) -> list[int]:
 
 @dataclasses.dataclass
 class BackupPolicy:
-    """Picks the backup for a round from the batch speed model (DESIGN.md §2, Cor. 16):
+    """Picks the backup for a round from the batch speed model (docs/design.md §2; the paper's
+    Cor. 16):
 
     tokens/time = [p E_hit + (1 - p) E_miss] / [p^b max(1, T_p) + (1 - p^b)(1 + T_b)]
 

@@ -13,7 +13,7 @@ from ssd import saguaro
 
 
 def test_geometric_fanout_matches_the_worked_example():
-    # K = 4, B = 20, a_p = 0.64, r = 1 (DESIGN.md §2; upstream study §1.4.2)
+    # K = 4, B = 20, a_p = 0.64, r = 1 (docs/design.md §2; upstream study §1.4.2)
     assert saguaro.geometric_fanout(20, 4, 0.64, 1.0) == [5, 4, 4, 3, 4]
 
 

@@ -1,4 +1,4 @@
-"""Exactness of the whole SD / SSD pipeline at temperature > 0 (DESIGN.md §3, §5 level 2).
+"""Exactness of the whole SD / SSD pipeline at temperature > 0 (docs/design.md §3, §4 level 2).
 
 Tiny-vocabulary models (V = 8); the empirical law of the first 3 generated tokens over many
 seeds must match the exact law of the target computed by enumeration from the same model's

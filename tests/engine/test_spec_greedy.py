@@ -104,7 +104,7 @@ class OracleDrafter:
 @pytest.mark.parametrize("mode", ["sd", "ssd"])
 def test_each_output_carries_its_rounds(mode, checkpoints):
     """Per-request acceptance adds up to the call's metrics; a round cut short by max_tokens
-    counts only the drafts it emitted (DESIGN.md §6)."""
+    counts only the drafts it emitted (docs/design.md §5)."""
     path, k = checkpoints["llama"], 3
     llm = LLM(path, draft=path, mode=mode, k=k, max_batch=4)
     params = dataclasses.replace(GREEDY, max_tokens=23)  # 1 from the prefill + 5 x 4 + 2

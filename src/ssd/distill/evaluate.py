@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ssd import specbench
 from ssd.config import SamplingParams
 from ssd.distill.acceptance import greedy_matches, rounds_from_matches
 from ssd.distill.macs import describe, macs_ratio
@@ -31,7 +32,7 @@ from ssd.llm import LLM
 from ssd.models import load_model
 from ssd.saguaro import ngram_guess
 
-SPEC_BENCH = Path(__file__).resolve().parents[4] / "shared/data/spec_bench/question.jsonl"
+SPEC_BENCH = specbench.PATH  # the Spec-Bench questions shipped with the package
 
 
 def read_prompts(path: Path, per_category: int | None = None) -> list[tuple[str, str]]:

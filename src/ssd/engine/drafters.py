@@ -208,7 +208,7 @@ class SSDDrafter(SDDrafter):
     cache for every likely outcome of the round just sent.
 
     `backup` is "neural" (draft just in time), "fast" (n-gram guess, a point mass) or "auto"
-    (per round, by the batch speed model of DESIGN.md §2 with the measured statistics).
+    (per round, by the batch speed model of docs/design.md §2 with the measured statistics).
     """
 
     def __init__(

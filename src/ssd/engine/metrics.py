@@ -1,4 +1,4 @@
-"""Metrics of speculative decoding, one definition used everywhere (DESIGN.md §6).
+"""Metrics of speculative decoding, one definition used everywhere (docs/design.md §5).
 
 - acceptance rate = accepted draft tokens / drafted tokens, K drafted per round (tokens after
   the first rejection count as drafted);

@@ -79,8 +79,10 @@ class RemoteDrafter:
             world_size=2,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-        if cores is not None:
+        self._threads = torch.get_num_threads()
+        if cores is not None:  # one thread per core left to the target: never oversubscribe
             os.sched_setaffinity(0, cores[0])
+            torch.set_num_threads(len(cores[0]))
         self._pending: dict[str, Any] = {"admit": [], "release": [], "observe": None}
         self.busy_seconds = 0.0
 
@@ -122,6 +124,7 @@ class RemoteDrafter:
         if dist.is_initialized():
             dist.destroy_process_group()
         os.sched_setaffinity(0, self._affinity)
+        torch.set_num_threads(self._threads)
 
 
 def _serve(cfg: DraftConfig, port: int, cores: set[int] | None, timeout_s: float) -> None:

@@ -19,7 +19,7 @@ class RequestOutput:
     `finish_reason` is "stop" (EOS or a stop token, which is included in `token_ids`), "length"
     (max_tokens or the model's context), or "error" (the request was refused; `error` says why
     and the other requests of the call are unaffected). `acceptance` holds this request's
-    verification rounds in SD/SSD mode (DESIGN.md §6; None in AR mode).
+    verification rounds in SD/SSD mode (docs/design.md §5; None in AR mode).
     """
 
     request_id: int

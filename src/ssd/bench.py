@@ -1,0 +1,422 @@
+"""`ssd bench`: this engine's AR, SD and SSD next to transformers, side by side on one machine.
+
+Every mode decodes the same token inputs (Spec-Bench by default, chat template applied once),
+interleaved A B C … A B C … over repeats, EOS ignored so each produces exactly `max_tokens`.
+Decode speed excludes prefill: tok/s = Σ(M − 1) / Σ(T(M) − T(1)), with T(1) measured once per
+mode and prompt. AR, SD and the transformers modes get every core in this process; SSD's target
+keeps all cores but the last, which its draft process gets; "SD on the target cores" runs SD
+on SSD's target cores alone (SSD's framing: one device more).
+
+Next to each figure: its ceiling, the tok/s the measured memory bandwidth allows for the bytes
+the mode streams per token (docs/performance.md): AR streams every weight but the input
+embedding once per token; SD streams K draft passes and one verification per round of τ
+tokens; SSD K+1 draft passes (glue and tree) and one verification. The speed model's
+predicted ratio to AR (those byte counts with the measured τ) is printed beside the measured
+ratio.
+
+    ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
+        [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssd.config import SamplingParams
+from ssd.kernels import linear
+from ssd.models.loading import Model
+
+MODES = ("hf", "hf-assisted", "ar", "sd", "ssd", "sd-target-cores")
+LABELS = {
+    "hf": "transformers generate",
+    "hf-assisted": "transformers assisted",
+    "ar": "ssd AR",
+    "sd": "ssd SD",
+    "ssd": "ssd SSD",
+    "sd-target-cores": "ssd SD, target cores",
+}
+
+
+def weight_bytes(model: Model) -> int:
+    """Bytes a forward streams: every weight but the input embedding (a lookup reads a row)."""
+    p = model.params
+    leaves = [*p.layers.values(), p.final_norm, *p.head_scale.values()]
+    if p.lm_head is not p.embed:
+        leaves.append(p.lm_head)
+    else:  # tied: the head reads the embedding matrix in full
+        leaves.append(p.embed)
+    return sum(t.numel() * t.element_size() for t in leaves)
+
+
+def bandwidth(threads: int, mib: int = 512) -> float:
+    """GB/s of the best of a bf16 matrix-vector product (the decode kernel) and a plain read,
+    on `threads` threads: the machine's limit for streaming weights."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        k = 2048
+        w = torch.randn(mib * 2**20 // (2 * k), k).bfloat16()
+        x = torch.randn(1, k).bfloat16()
+        f32 = torch.randn(mib * 2**20 // 4)
+        best = 0.0
+        for fn, nbytes in ((lambda: linear(x, w), w.numel() * 2), (f32.sum, f32.numel() * 4)):
+            fn()
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            best = max(best, nbytes / statistics.median(times) / 1e9)
+        return best
+    finally:
+        torch.set_num_threads(old)
+
+
+@dataclasses.dataclass
+class Mode:
+    """One way of generating: `run(prompt, n)` generates n tokens; metrics after each run."""
+
+    name: str
+    run: Callable[[list[int], int], None]
+    cores: set[int]
+    metrics: Callable[[], dict[str, Any] | None] = lambda: None
+    bytes_per_round: float | None = None  # streamed per round (None: not modelled)
+    per_round_is_token: bool = False  # AR: a round is one token
+
+
+@contextlib.contextmanager
+def placed(cores: set[int]) -> Iterator[None]:
+    """Run on `cores` with one thread each, then restore."""
+    old_aff, old_threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old_aff)
+        torch.set_num_threads(old_threads)
+
+
+def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callable:
+    from transformers import GenerationConfig
+
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    pad = model.config.eos_token_id
+    pad = pad[0] if isinstance(pad, list) else pad
+
+    def run(prompt: list[int], n: int) -> None:
+        # A fresh config: the checkpoint's own generation_config (repetition penalty, top-k)
+        # would change the law and make the comparison unfair.
+        cfg = GenerationConfig(
+            max_new_tokens=n, min_new_tokens=n, pad_token_id=pad, eos_token_id=pad, **sampling
+        )
+        extra = {"assistant_model": assistant} if assistant is not None else {}
+        with torch.inference_mode():
+            model.generate(torch.tensor([prompt]), generation_config=cfg, **extra)
+
+    return run
+
+
+def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
+    totals: dict[str, float] = {}
+
+    def run(prompt: list[int], n: int) -> None:
+        params = SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True, seed=0)
+        llm.generate([prompt], params, use_tqdm=False)
+        m = llm.metrics
+        if m and m.get("rounds") and n > 1:
+            r = m["rounds"]
+            totals["rounds"] = totals.get("rounds", 0) + r
+            for key in ("acceptance_rate", "mean_accepted_length", "cache_hit_rate"):
+                if m.get(key) is not None:
+                    totals[key] = totals.get(key, 0.0) + m[key] * r
+
+    def metrics() -> dict[str, Any] | None:
+        if not totals:
+            return None
+        r = totals["rounds"]
+        return {k: v / r for k, v in totals.items() if k != "rounds"} | {"rounds": r}
+
+    return run, metrics
+
+
+def build_modes(
+    args: argparse.Namespace, target: Path, draft: Path
+) -> tuple[list[Mode], list[Any]]:
+    """The modes asked for, and the engines to close afterwards (SSD's draft process)."""
+    from ssd.llm import LLM
+
+    everything = set(os.sched_getaffinity(0))
+    target_cores = set(sorted(everything)[:-1]) or everything
+    common: dict[str, Any] = {
+        "dtype": args.dtype,
+        "max_batch": 1,
+        "max_model_len": args.max_model_len,
+    }
+    spec = {"draft": draft, "k": args.k, "draft_dtype": args.draft_dtype, **common}
+    budget = args.budget or args.k + 1
+    modes: list[Mode] = []
+    wanted = args.modes.split(",")
+    hf = hf_draft = None
+    if "hf" in wanted or "hf-assisted" in wanted:
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, args.dtype)
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
+        if "hf-assisted" in wanted:
+            hf_draft = AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval()
+    t = args.temperature
+    if "hf" in wanted:
+        modes.append(Mode("hf", _hf_runner(hf, t), everything))
+    if "hf-assisted" in wanted:
+        modes.append(Mode("hf-assisted", _hf_runner(hf, t, hf_draft), everything))
+    if "ar" in wanted:
+        run, metrics = _ssd_runner(LLM(target, **common), t)
+        modes.append(Mode("ar", run, everything, metrics))
+    if "sd" in wanted or "sd-target-cores" in wanted:
+        sd = LLM(target, mode="sd", **spec)
+        run, metrics = _ssd_runner(sd, t)
+        if "sd" in wanted:
+            modes.append(Mode("sd", run, everything, metrics))
+        if "sd-target-cores" in wanted:
+            run2, metrics2 = _ssd_runner(sd, t)
+            modes.append(Mode("sd-target-cores", run2, target_cores, metrics2))
+    if "ssd" in wanted:
+        ssd = LLM(target, mode="ssd", backup=args.backup, budget=budget, draft_process=True, **spec)
+        run, metrics = _ssd_runner(ssd, t)
+        modes.append(Mode("ssd", run, target_cores, metrics))
+        return modes, [ssd]
+    return modes, []
+
+
+def ceilings(
+    modes: list[Mode], result: dict[str, Any], b_target: int, b_draft: int, k: int, bw: float
+) -> None:
+    """Per mode: bytes per token, the ceiling tok/s at bandwidth `bw`, predicted ratio to AR."""
+    for mode in modes:
+        row = result["modes"][mode.name]
+        m = row.get("metrics") or {}
+        tau = m.get("mean_accepted_length")
+        per_token: float | None = None
+        if mode.name in ("hf", "ar"):
+            per_token = b_target
+        elif mode.name.startswith("sd") and tau:
+            per_token = (k * b_draft + b_target) / tau
+        elif mode.name == "ssd" and tau:
+            per_token = ((k + 1) * b_draft + b_target) / tau
+        if per_token is not None:
+            row["bytes_per_token"] = per_token
+            row["ceiling_tok_s"] = bw * 1e9 / per_token
+            row["model_x_ar"] = b_target / per_token
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from ssd import specbench
+    from ssd.models.loading import load_model, load_tokenizer
+    from ssd.models.quantize import quantize_int8
+
+    target, draft = _pair(args)
+    tok = load_tokenizer(target)
+    prompts = specbench.chat_prompts(tok, args.num_prompts, args.prompts)
+    cores = len(os.sched_getaffinity(0))
+    bw_all = bandwidth(cores)
+    dtype = getattr(torch, args.dtype)
+    b_target = weight_bytes(load_model(target, dtype=dtype))
+    d = load_model(draft, dtype=torch.bfloat16 if args.draft_dtype == "int8" else dtype)
+    b_draft = weight_bytes(quantize_int8(d) if args.draft_dtype == "int8" else d)
+    del d
+    modes, engines = build_modes(args, target, draft)
+    m = args.max_tokens
+    total = len(modes) * len(prompts) * (args.repeats + 1)
+    bar = tqdm(total=total, desc="bench", unit="run", disable=not args.progress)
+    first: dict[tuple[str, int], float] = {}
+    for mode in modes:  # warm-up, then T(1) per prompt (prefill and first token)
+        with placed(mode.cores):
+            mode.run(prompts[0], 4)
+            for i, p in enumerate(prompts):
+                start = time.perf_counter()
+                mode.run(p, 1)
+                first[mode.name, i] = time.perf_counter() - start
+                bar.update()
+    speeds: dict[str, list[float]] = {mode.name: [] for mode in modes}
+    for _ in range(args.repeats):
+        for mode in modes:
+            decode = 0.0
+            with placed(mode.cores):
+                for i, p in enumerate(prompts):
+                    start = time.perf_counter()
+                    mode.run(p, m)
+                    decode += time.perf_counter() - start - first[mode.name, i]
+                    bar.update()
+            speeds[mode.name].append((m - 1) * len(prompts) / decode)
+    bar.close()
+    for engine in engines:
+        engine.close()
+    result: dict[str, Any] = {
+        "target": str(target),
+        "draft": str(draft),
+        "dtype": args.dtype,
+        "draft_dtype": args.draft_dtype,
+        "k": args.k,
+        "temperature": args.temperature,
+        "prompts": len(prompts),
+        "prompt_tokens": [len(p) for p in prompts],
+        "max_tokens": m,
+        "repeats": args.repeats,
+        "cores": cores,
+        "bandwidth_gb_s": bw_all,
+        "target_bytes": b_target,
+        "draft_bytes": b_draft,
+        "modes": {},
+    }
+    for mode in modes:
+        s = speeds[mode.name]
+        row: dict[str, Any] = {
+            "label": LABELS[mode.name],
+            "cores": sorted(mode.cores),
+            "tok_s": s,
+            "median": statistics.median(s),
+            "spread": max(s) - min(s),
+            "metrics": mode.metrics(),
+        }
+        for ref in ("hf", "hf-assisted", "ar"):  # ratios within each repeat, then the median
+            if ref in speeds:
+                pairs = zip(s, speeds[ref], strict=True)
+                row[f"x_{ref}"] = statistics.median(a / b for a, b in pairs)
+        result["modes"][mode.name] = row
+    ceilings(modes, result, b_target, b_draft, args.k, bw_all)
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    nan = float("nan")
+    lines = [
+        f"{result['prompts']} prompts x {result['max_tokens']} tokens, T={result['temperature']}, "
+        f"K={result['k']}, target {result['dtype']}, draft {result['draft_dtype']}, "
+        f"{result['cores']} cores, {result['repeats']} interleaved repeats; bandwidth "
+        f"{result['bandwidth_gb_s']:.1f} GB/s; bytes/forward: target "
+        f"{result['target_bytes'] / 1e9:.2f} GB, draft {result['draft_bytes'] / 1e9:.2f} GB",
+        f"{'mode':<24}{'tok/s':>7}{'spread':>8}{'x HF':>7}{'x asst':>7}{'x AR':>7}"
+        f"{'model':>7}{'ceiling':>9}{'% ceil':>8}  acceptance / tau / hits",
+        "  (x: median of per-repeat ratios; model: the speed model's x AR; ceiling: tok/s at "
+        "the measured bandwidth)",
+    ]
+    for row in result["modes"].values():
+        ceiling = row.get("ceiling_tok_s")
+        m = row.get("metrics") or {}
+        extra = " / ".join(
+            f"{m[k]:.3f}"
+            for k in ("acceptance_rate", "mean_accepted_length", "cache_hit_rate")
+            if m.get(k) is not None
+        )
+        lines.append(
+            f"{row['label']:<24}{row['median']:>7.2f}{row['spread']:>8.2f}"
+            f"{row.get('x_hf', nan):>7.2f}{row.get('x_hf-assisted', nan):>7.2f}"
+            f"{row.get('x_ar', nan):>7.2f}{row.get('model_x_ar', nan):>7.2f}"
+            + (f"{ceiling:>9.2f}{100 * row['median'] / ceiling:>7.0f}%" if ceiling else " " * 17)
+            + f"  {extra}"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = list(result["modes"].values())
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    names = [r["label"] for r in rows]
+    med = [r["median"] for r in rows]
+    err = [
+        [r["median"] - min(r["tok_s"]) for r in rows],
+        [max(r["tok_s"]) - r["median"] for r in rows],
+    ]
+    ax.barh(names, med, xerr=err, color="#4c78a8")
+    for i, r in enumerate(rows):
+        if r.get("ceiling_tok_s"):
+            ax.plot([r["ceiling_tok_s"]] * 2, [i - 0.4, i + 0.4], color="#e45756", lw=2)
+    ax.invert_yaxis()
+    ax.set_xlabel("decode tok/s (bars: median and range; red: bandwidth ceiling)")
+    ax.set_title(f"T={result['temperature']}, K={result['k']}, {result['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _pair(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.target or args.draft:
+        if not (args.target and args.draft):
+            raise ValueError("--target and --draft go together")
+        return Path(args.target), Path(args.draft)
+    from ssd.prepare import prepare_pair
+
+    return prepare_pair(args.pair)
+
+
+def parser() -> argparse.ArgumentParser:
+    from ssd.prepare import DEFAULT_PAIR, PAIRS
+
+    ap = argparse.ArgumentParser(prog="ssd bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(PAIRS))
+    ap.add_argument("--target", help="target checkpoint dir (with --draft; overrides --pair)")
+    ap.add_argument("--draft", help="draft checkpoint dir")
+    ap.add_argument("--prompts", type=Path, default=None, help="jsonl (default: Spec-Bench)")
+    ap.add_argument("--num-prompts", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")
+    ap.add_argument("--backup", default="neural")
+    # On CPUs the tree steps are compute-bound (budget rows per draft forward): K+1 by default.
+    ap.add_argument("--budget", type=int, default=None, help="SSD branches (default K+1)")
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    ap.add_argument("--json", type=Path, default=Path("bench.json"))
+    ap.add_argument("--plot", type=Path, default=Path("bench.png"))
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    bad = [m for m in args.modes.split(",") if m not in MODES]
+    if bad or args.num_prompts < 1 or args.max_tokens < 2 or args.repeats < 1 or args.k < 1:
+        print(
+            f"error: modes must be among {', '.join(MODES)} (got {bad}); --num-prompts, "
+            "--repeats and --k must be >= 1 and --max-tokens >= 2",
+            file=sys.stderr,
+        )
+        return 2
+    result = run_bench(args)
+    print(table(result))
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    shown = f" and {args.plot}" if plot(result, args.plot) else " (no matplotlib: no plot)"
+    print(f"wrote {args.json}{shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
