@@ -55,18 +55,24 @@ def _register_fake() -> None:
         return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
+_native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant
+
+
+def prepare() -> bool:
+    """Build or load the kernels now (model loading calls this, before anything is traced)."""
+    global _native
+    if _native is None:
+        _native = cpu_kernels_available()
+        if _native:
+            _register_fake()
+    return _native
+
+
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """x @ w.T + bias, for w [N, K] in x's dtype, bf16, or int8 with per-row `scale` [N]."""
-    if x.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.int8) and _native():
+    native = _native if _native is not None else prepare()
+    if native and x.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.int8):
         return torch.ops.ssd_cpu.linear(x, w, scale, bias)
     if scale is not None:  # int8 elsewhere: widen, then scale the rows
         return F.linear(x, w.to(x.dtype)) * scale.to(x.dtype) + (0 if bias is None else bias)
     return F.linear(x, w, bias)
-
-
-@functools.cache
-def _native() -> bool:
-    ok = cpu_kernels_available()
-    if ok:
-        _register_fake()
-    return ok

@@ -5,10 +5,12 @@
 // BF16 falls back to a compute-bound path that is 4x slower at M = 5 than at M = 1; these
 // kernels read each weight row once per block of rows and keep the product in fp32 registers.
 //
-// Every output element is one dot product accumulated in the same order (8-lane FMA over k,
-// then a fixed horizontal sum, then the scalar tail), whatever M, the row's position in the
-// batch or the thread split: results are bitwise independent of batch shape, so a token's
-// logits in a K+1-token verification equal its logits in a 1-token decode.
+// bf16 weights are widened 16 at a time by interleaving with zeros (two in-lane unpacks, no
+// shifts), which puts them in the lane order 0-3, 8-11 | 4-7, 12-15; x is permuted once per
+// call to match. Every output element is one dot product accumulated in the same order (FMA
+// lanes over k, a fixed horizontal sum, then the scalar tail) whatever M, the row's position
+// in the batch or the thread split: results are bitwise independent of batch shape, so a
+// token's logits in a K+1-token verification equal its logits in a 1-token decode.
 //
 // Weights: bf16 [N, K], or int8 [N, K] with one fp32 scale per output row (w = q * scale).
 #include <ATen/ATen.h>
@@ -16,6 +18,7 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -40,30 +43,92 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-constexpr int R = 4;  // weight rows per block: independent FMA chains hide FMA latency
+constexpr int R = 4;  // weight rows per block
 
-// Rows [m0, m0 + MT) of x against weight rows [n, n + R): out[m, n + r] = dot(x[m], w[n + r]).
-template <int MT, typename W>
+// Rows [m0, m0 + MT) of x against weight rows [n, n + RR): out[m, n + r] = dot(x[m], w[n + r]).
+// Each weight vector is widened to fp32 in registers and used for MT FMAs; MT * RR independent
+// accumulators hide the FMA latency (RR = 4 for one or two rows of x, 2 for up to six).
+template <int MT, int RR, typename W>
 inline void tile(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t m0,
                  int64_t n) {
-  __m256 acc[MT][R];
+  __m256 acc[MT][RR];
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = load8(w + (n + r) * K + k);
+    __m256 wv[RR];
+    for (int r = 0; r < RR; ++r) wv[r] = load8(w + (n + r) * K + k);
     for (int i = 0; i < MT; ++i) {
       __m256 xv = _mm256_loadu_ps(x + (m0 + i) * K + k);
-      for (int r = 0; r < R; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
+      for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
     }
   }
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < RR; ++r) {
       float s = hsum(acc[i][r]);
       for (int64_t t = k; t < K; ++t) s += x[(m0 + i) * K + t] * to_float(w[(n + r) * K + t]);
       out[(m0 + i) * N + n + r] = s;
     }
+}
+
+// bf16, 16 weights per step: unpacking with zeros widens lanes {0-3, 8-11} and {4-7, 12-15}
+// in one instruction each; `xp` holds x permuted the same way (see permute16).
+template <int MT, int RR>
+inline void tile16(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
+                   int64_t m0, int64_t n) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256 acc[MT][RR];
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_ps();
+  const int64_t K16 = K / 16 * 16;
+  for (int64_t k = 0; k < K16; k += 16) {
+    __m256 lo[RR], hi[RR];
+    for (int r = 0; r < RR; ++r) {
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + r) * K + k));
+      lo[r] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+      hi[r] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+    }
+    for (int i = 0; i < MT; ++i) {
+      __m256 xl = _mm256_loadu_ps(xp + (m0 + i) * K + k);
+      __m256 xh = _mm256_loadu_ps(xp + (m0 + i) * K + k + 8);
+      for (int r = 0; r < RR; ++r) {
+        acc[i][r] = _mm256_fmadd_ps(lo[r], xl, acc[i][r]);
+        acc[i][r] = _mm256_fmadd_ps(hi[r], xh, acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) {
+      float s = hsum(acc[i][r]);
+      for (int64_t t = K16; t < K; ++t) s += xp[(m0 + i) * K + t] * to_float(w[(n + r) * K + t]);
+      out[(m0 + i) * N + n + r] = s;
+    }
+}
+
+inline void rows(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
+                 int64_t m0, int64_t mt, int64_t n) {
+  switch (mt) {
+    case 1: tile16<1, 4>(xp, w, out, K, N, m0, n); return;
+    case 2: tile16<2, 4>(xp, w, out, K, N, m0, n); return;
+    case 3: tile16<3, 2>(xp, w, out, K, N, m0, n); tile16<3, 2>(xp, w, out, K, N, m0, n + 2); return;
+    case 4: tile16<4, 2>(xp, w, out, K, N, m0, n); tile16<4, 2>(xp, w, out, K, N, m0, n + 2); return;
+    case 5: tile16<5, 2>(xp, w, out, K, N, m0, n); tile16<5, 2>(xp, w, out, K, N, m0, n + 2); return;
+    default: tile16<6, 2>(xp, w, out, K, N, m0, n); tile16<6, 2>(xp, w, out, K, N, m0, n + 2); return;
+  }
+}
+
+// Rows [m0, m0 + mt) (mt <= 6) against the R weight rows at n.
+template <typename W>
+inline void rows(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t m0,
+                 int64_t mt, int64_t n) {
+  switch (mt) {
+    case 1: tile<1, 4>(x, w, out, K, N, m0, n); return;
+    case 2: tile<2, 4>(x, w, out, K, N, m0, n); return;
+    case 3: tile<3, 2>(x, w, out, K, N, m0, n); tile<3, 2>(x, w, out, K, N, m0, n + 2); return;
+    case 4: tile<4, 2>(x, w, out, K, N, m0, n); tile<4, 2>(x, w, out, K, N, m0, n + 2); return;
+    case 5: tile<5, 2>(x, w, out, K, N, m0, n); tile<5, 2>(x, w, out, K, N, m0, n + 2); return;
+    default: tile<6, 2>(x, w, out, K, N, m0, n); tile<6, 2>(x, w, out, K, N, m0, n + 2); return;
+  }
 }
 
 // One weight row at a time, for the N % R rows left over; same arithmetic per element.
@@ -81,57 +146,42 @@ inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N,
   }
 }
 
-// Rows [m0, m0 + MT) of x against R weight rows already widened to fp32 in `wf` [R, K]: the
-// same per-lane FMA sequence as `tile`, so the same bits. Used for M > 2, where widening each
-// weight row once instead of once per pair of x rows keeps the loop on the FMA units.
-template <int MT>
-inline void tile_f32(const float* x, const float* wf, float* out, int64_t K, int64_t N,
-                     int64_t m0, int64_t n) {
-  __m256 acc[MT][R];
-  for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(wf + r * K + k);
-    for (int i = 0; i < MT; ++i) {
-      __m256 xv = _mm256_loadu_ps(x + (m0 + i) * K + k);
-      for (int r = 0; r < R; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
-    }
-  }
-  for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < R; ++r) {
-      float s = hsum(acc[i][r]);
-      for (int64_t t = k; t < K; ++t) s += x[(m0 + i) * K + t] * wf[r * K + t];
-      out[(m0 + i) * N + n + r] = s;
-    }
-}
-
-template <typename W>
-inline void widen(const W* w, float* out, int64_t count) {
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, load8(w + i));
-  for (; i < count; ++i) out[i] = to_float(w[i]);
-}
-
 template <typename W>
 void matmul(const float* x, const W* w, float* out, int64_t M, int64_t K, int64_t N) {
   const int64_t blocks = N / R;
-  // At least 16 blocks per task: a task streams >= 64 weight rows.
+  // At least 16 blocks per task: a task streams >= 64 weight rows. Within a block the x rows
+  // go six at a time, so the block's weights come from memory once and from cache after.
   at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<float> wf(M > 2 ? R * K : 0);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b * R;
-      if (M <= 2) {
-        if (M == 2) tile<2>(x, w, out, K, N, 0, n); else tile<1>(x, w, out, K, N, 0, n);
-        continue;
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += 6) rows(x, w, out, K, N, m, std::min<int64_t>(6, M - m), b * R);
+  });
+  for (int64_t n = blocks * R; n < N; ++n) single(x, w, out, K, N, M, n);
+}
+
+// x [M, K] with each full block of 16 reordered to the lanes `tile16` widens: 0-3, 8-11, 4-7,
+// 12-15.
+std::vector<float> permute16(const float* x, int64_t M, int64_t K) {
+  std::vector<float> xp(x, x + M * K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k + 16 <= K; k += 16)
+      for (int j = 0; j < 4; ++j) {
+        const float* src = x + m * K + k;
+        float* dst = xp.data() + m * K + k;
+        dst[j] = src[j];
+        dst[4 + j] = src[8 + j];
+        dst[8 + j] = src[4 + j];
+        dst[12 + j] = src[12 + j];
       }
-      widen(w + n * K, wf.data(), R * K);
-      int64_t m = 0;
-      for (; m + 3 <= M; m += 3) tile_f32<3>(x, wf.data(), out, K, N, m, n);
-      if (M - m == 2) tile_f32<2>(x, wf.data(), out, K, N, m, n);
-      if (M - m == 1) tile_f32<1>(x, wf.data(), out, K, N, m, n);
-    }
+  return xp;
+}
+
+void matmul(const float* x, const c10::BFloat16* w, float* out, int64_t M, int64_t K, int64_t N) {
+  const int64_t blocks = N / R;
+  const std::vector<float> xp = permute16(x, M, K);
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += 6)
+        rows(xp.data(), w, out, K, N, m, std::min<int64_t>(6, M - m), b * R);
   });
   for (int64_t n = blocks * R; n < N; ++n) single(x, w, out, K, N, M, n);
 }

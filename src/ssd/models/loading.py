@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from ssd import kernels
 from ssd.models.config import CheckpointError, ModelConfig
 from ssd.models.llama import Params, layer_shapes, rope_inv_freq
 from ssd.tree import pytree_dataclass, static
@@ -63,6 +64,8 @@ def load_model(
     """
     path = Path(path)
     cfg = ModelConfig.from_pretrained(path)
+    if torch.device(device).type == "cpu":
+        kernels.prepare()  # build before any step is traced (ssd.kernels)
     layer_names = {
         key: [f"model.layers.{i}.{_LAYER_NAMES[key]}" for i in range(cfg.num_hidden_layers)]
         for key in layer_shapes(cfg)
