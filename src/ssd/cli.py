@@ -119,8 +119,8 @@ def default_setup(device: str) -> dict:
         "k": 4,
         "dtype": "bfloat16",
         "draft_dtype": "int8",
-        "reason": "CPU: the draft shares the memory bus with the target, so SSD's extra draft "
-        "work is not hidden (SSD pays when the draft has its own device)",
+        "reason": "CPU: SD measured fastest here (docs/performance.md); SSD's draft would take "
+        "cores and memory bandwidth from the target (SSD pays when the draft has its own device)",
     }
 
 
