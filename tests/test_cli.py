@@ -77,5 +77,5 @@ def test_default_setup_is_sd_with_a_reason():
         "int8",
     )
     assert (cuda["mode"], cuda["dtype"], cuda["draft_dtype"]) == ("sd", "bfloat16", "bfloat16")
-    assert "memory bus" in cpu["reason"] and "own device" in cuda["reason"]
+    assert "measured fastest" in cpu["reason"] and "own device" in cuda["reason"]
     assert default_setup("cuda:1") == cuda
