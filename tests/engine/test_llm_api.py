@@ -45,7 +45,7 @@ def test_mode_options_are_checked(checkpoints):
     with pytest.raises(ValueError, match="backup"):
         LLM(path, draft=path, mode="ssd", backup="random")
     with pytest.raises(ValueError, match="floating-point"):
-        LLM(path, draft=path, mode="sd", draft_dtype="int8")
+        LLM(path, draft=path, mode="sd", draft_dtype="int64")
     with pytest.raises(ValueError, match="floating-point"):
         LLM(path, dtype="bits")
 
