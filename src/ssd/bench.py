@@ -92,8 +92,6 @@ class Mode:
     run: Callable[[list[int], int], None]
     cores: set[int]
     metrics: Callable[[], dict[str, Any] | None] = lambda: None
-    bytes_per_round: float | None = None  # streamed per round (None: not modelled)
-    per_round_is_token: bool = False  # AR: a round is one token
 
 
 @contextlib.contextmanager

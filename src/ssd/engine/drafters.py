@@ -294,32 +294,17 @@ class SSDDrafter(SDDrafter):
             assert self.cache is not None
             tokens, q = self._from_cache(batch, hit)
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
-        elif kind == "neural":
-            tokens, q = self.d.draft(batch, f, c)
-            self._seconds["neural"] = time.perf_counter() - start
-            if any(hit):
-                cached_t, cached_q = self._from_cache(batch, hit)
-                h = _pad(torch.tensor(hit, device=dev), b)
-                tokens = torch.where(h[:, None], cached_t, tokens)
-                if q is not None and cached_q is not None:
-                    q = torch.where(h[:, None, None], cached_q, q)
-            point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
-            guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch] + [[0] * k] * (
-                b - len(batch)
-            )
-            tokens = torch.tensor(guesses, dtype=torch.int64, device=dev)
-            vocab = self.d.model.cfg.vocab_size
-            q = torch.zeros(b, k, vocab, device=dev)
+            if kind == "neural":
+                tokens, q = self.d.draft(batch, f, c)
+                self._seconds["neural"] = time.perf_counter() - start
+            else:  # n-gram guesses: point masses, which need no q rows
+                guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch]
+                guesses += [[0] * k] * (b - len(batch))
+                tokens, q = torch.tensor(guesses, dtype=torch.int64, device=dev), None
+            point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
             if any(hit):
-                cached_t, cached_q = self._from_cache(batch, hit)
-                h = _pad(torch.tensor(hit, device=dev), b)
-                tokens = torch.where(h[:, None], cached_t, tokens)
-                if cached_q is not None:
-                    q = torch.where(h[:, None, None], cached_q, q)
-            point = ~_pad(torch.tensor(hit, device=dev), b)
-            if all(r.params.temperature == 0 for r in batch):
-                q, point = None, torch.ones_like(point)  # greedy: every row is a point mass
+                tokens, q, point = self._merge_hits(batch, hit, tokens, q, point)
         return Speculation(tokens, q, point, list(hit))
 
     def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
@@ -351,6 +336,25 @@ class SSDDrafter(SDDrafter):
                 if ok and cache.primary[row]:
                     self._estimator(r.id).observe_lookup(h, cache.fanouts[row][n])
         return hits
+
+    def _merge_hits(
+        self,
+        batch: Sequence[Request],
+        hit: list[bool],
+        tokens: Tensor,
+        q: Tensor | None,
+        point: Tensor,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The cached speculation on rows that hit, the backup's elsewhere. A row without q rows
+        (a greedy cache, an n-gram guess) is verified as a point mass on its tokens."""
+        cached_t, cached_q = self._from_cache(batch, hit)
+        h = _pad(torch.tensor(hit, device=tokens.device), tokens.shape[0])
+        tokens = torch.where(h[:, None], cached_t, tokens)
+        point = torch.where(h, cached_q is None, point)
+        if cached_q is not None:
+            base = torch.zeros_like(cached_q) if q is None else q
+            q = torch.where(h[:, None, None], cached_q, base)
+        return tokens, q, point
 
     def _from_cache(
         self, batch: Sequence[Request], hit: list[bool]

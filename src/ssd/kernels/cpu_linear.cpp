@@ -19,6 +19,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -105,32 +106,6 @@ inline void tile16(const float* xp, const c10::BFloat16* w, float* out, int64_t 
     }
 }
 
-inline void rows(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
-                 int64_t m0, int64_t mt, int64_t n) {
-  switch (mt) {
-    case 1: tile16<1, 4>(xp, w, out, K, N, m0, n); return;
-    case 2: tile16<2, 4>(xp, w, out, K, N, m0, n); return;
-    case 3: tile16<3, 2>(xp, w, out, K, N, m0, n); tile16<3, 2>(xp, w, out, K, N, m0, n + 2); return;
-    case 4: tile16<4, 2>(xp, w, out, K, N, m0, n); tile16<4, 2>(xp, w, out, K, N, m0, n + 2); return;
-    case 5: tile16<5, 2>(xp, w, out, K, N, m0, n); tile16<5, 2>(xp, w, out, K, N, m0, n + 2); return;
-    default: tile16<6, 2>(xp, w, out, K, N, m0, n); tile16<6, 2>(xp, w, out, K, N, m0, n + 2); return;
-  }
-}
-
-// Rows [m0, m0 + mt) (mt <= 6) against the R weight rows at n.
-template <typename W>
-inline void rows(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t m0,
-                 int64_t mt, int64_t n) {
-  switch (mt) {
-    case 1: tile<1, 4>(x, w, out, K, N, m0, n); return;
-    case 2: tile<2, 4>(x, w, out, K, N, m0, n); return;
-    case 3: tile<3, 2>(x, w, out, K, N, m0, n); tile<3, 2>(x, w, out, K, N, m0, n + 2); return;
-    case 4: tile<4, 2>(x, w, out, K, N, m0, n); tile<4, 2>(x, w, out, K, N, m0, n + 2); return;
-    case 5: tile<5, 2>(x, w, out, K, N, m0, n); tile<5, 2>(x, w, out, K, N, m0, n + 2); return;
-    default: tile<6, 2>(x, w, out, K, N, m0, n); tile<6, 2>(x, w, out, K, N, m0, n + 2); return;
-  }
-}
-
 // One weight row at a time, for the N % R rows left over; same arithmetic per element.
 template <typename W>
 inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t M,
@@ -146,14 +121,35 @@ inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N,
   }
 }
 
-template <typename W>
-void matmul(const float* x, const W* w, float* out, int64_t M, int64_t K, int64_t N) {
+// One block of R weight rows against x rows [m0, m0 + mt), mt <= 6: calls tile(MT, RR, m0, n')
+// with MT and RR as compile-time constants (RR weight rows per call: 4 for one or two x rows,
+// whose accumulators then still hide the FMA latency, 2 beyond so that MT * RR fit in registers).
+template <typename Tile>
+inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n) {
+  using std::integral_constant;
+  auto run = [&](auto MT, auto RR) {
+    for (int r = 0; r < R; r += RR) tile(MT, RR, m0, n + r);
+  };
+  switch (mt) {
+    case 1: run(integral_constant<int, 1>{}, integral_constant<int, 4>{}); return;
+    case 2: run(integral_constant<int, 2>{}, integral_constant<int, 4>{}); return;
+    case 3: run(integral_constant<int, 3>{}, integral_constant<int, 2>{}); return;
+    case 4: run(integral_constant<int, 4>{}, integral_constant<int, 2>{}); return;
+    case 5: run(integral_constant<int, 5>{}, integral_constant<int, 2>{}); return;
+    default: run(integral_constant<int, 6>{}, integral_constant<int, 2>{}); return;
+  }
+}
+
+// out = x w^T: blocks of R weight rows in parallel, at least 16 blocks (64 rows) per task; within
+// a block the x rows go six at a time, so the block's weights come from memory once and from
+// cache after. The N % R rows left over go through `single`.
+template <typename W, typename Tile>
+void matmul(const float* x, const W* w, float* out, int64_t M, int64_t K, int64_t N,
+            const Tile& tile) {
   const int64_t blocks = N / R;
-  // At least 16 blocks per task: a task streams >= 64 weight rows. Within a block the x rows
-  // go six at a time, so the block's weights come from memory once and from cache after.
   at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m = 0; m < M; m += 6) rows(x, w, out, K, N, m, std::min<int64_t>(6, M - m), b * R);
+      for (int64_t m = 0; m < M; m += 6) block(tile, std::min<int64_t>(6, M - m), m, b * R);
   });
   for (int64_t n = blocks * R; n < N; ++n) single(x, w, out, K, N, M, n);
 }
@@ -175,17 +171,6 @@ std::vector<float> permute16(const float* x, int64_t M, int64_t K) {
   return xp;
 }
 
-void matmul(const float* x, const c10::BFloat16* w, float* out, int64_t M, int64_t K, int64_t N) {
-  const int64_t blocks = N / R;
-  const std::vector<float> xp = permute16(x, M, K);
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m = 0; m < M; m += 6)
-        rows(xp.data(), w, out, K, N, m, std::min<int64_t>(6, M - m), b * R);
-  });
-  for (int64_t n = blocks * R; n < N; ++n) single(x, w, out, K, N, M, n);
-}
-
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
                   const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
@@ -195,14 +180,22 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, N}, x2.options());
-  if (M == 0) {
-  } else if (w.scalar_type() == at::kBFloat16) {
+  const float* xf = x2.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  if (w.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
-    matmul(x2.data_ptr<float>(), w.data_ptr<c10::BFloat16>(), out.data_ptr<float>(), M, K, N);
+    const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
+    const std::vector<float> xp = permute16(xf, M, K);
+    matmul(xf, wp, o, M, K, N, [&](auto MT, auto RR, int64_t m0, int64_t n) {
+      tile16<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n);
+    });
   } else {
     TORCH_CHECK(w.scalar_type() == at::kChar && scale.has_value(),
                 "ssd cpu linear: weights must be bf16, or int8 with a scale per row");
-    matmul(x2.data_ptr<float>(), w.data_ptr<int8_t>(), out.data_ptr<float>(), M, K, N);
+    const int8_t* wp = w.data_ptr<int8_t>();
+    matmul(xf, wp, o, M, K, N, [&](auto MT, auto RR, int64_t m0, int64_t n) {
+      tile<decltype(MT)::value, decltype(RR)::value>(xf, wp, o, K, N, m0, n);
+    });
     out.mul_(scale->to(at::kFloat));
   }
   if (bias.has_value()) out.add_(bias->to(at::kFloat));
