@@ -1,10 +1,12 @@
 """One paged attention for prefill, decode, verify and tree-branch decoding.
 
-Each sequence's pages are gathered through its block table into a contiguous ``[B, S, H_kv, D]``
-view (S = max_pages * page_size) and a boolean ``[B, Q, S]`` mask decides what each query row
-sees. Every kind of step is the same call on the same kind of operands; only the mask differs.
-So a token's output depends on the step only through the shape bucket (B, Q, max_pages): in
-one bucket, decode and verify give bitwise-equal results (docs/models.md).
+A boolean ``[B, Q, S]`` mask (S = max_pages * page_size slots of each sequence's block table)
+decides what each query row sees. Every kind of step is the same call on the same kind of
+operands; only the mask differs. On CPUs with the native kernels (`ssd.kernels`) each row reads
+its visible slots through the block table in place, in fp32, alone: a token's output does not
+depend on the step at all. Elsewhere each sequence's pages are gathered into a contiguous
+``[B, S, H_kv, D]`` view for SDPA, and a token's output depends on the step only through the
+shape bucket (B, Q, max_pages): in one bucket, decode and verify agree bitwise (docs/models.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssd.kernels import native_on
 from ssd.kv import AttentionMeta
 
 
@@ -49,9 +52,18 @@ def paged_attention(
 ) -> Tensor:
     """Queries ``[B, Q, H, D]`` against one layer's paged K/V -> ``[B, Q, H, D]``.
 
-    Masked slots get exactly zero weight (boolean mask -> -inf before softmax); grouped-query
-    heads share K/V through SDPA's `enable_gqa` instead of a materialised repeat.
+    Masked slots get exactly zero weight; `mask` is `attention_mask`'s ``[B, 1, Q, S]``.
     """
+    if native_on(q) and q.dtype in (torch.float32, torch.bfloat16):
+        return torch.ops.ssd_cpu.paged_attention(q, k_pages, v_pages, block_tables, mask, scale)
+    return gathered_attention(q, k_pages, v_pages, block_tables, mask, scale)
+
+
+def gathered_attention(
+    q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, mask: Tensor, scale: float
+) -> Tensor:
+    """The portable path: gather the pages, then SDPA (boolean mask -> -inf before softmax);
+    grouped-query heads share K/V through `enable_gqa` instead of a materialised repeat."""
     k = gather_pages(k_pages, block_tables).transpose(1, 2)
     v = gather_pages(v_pages, block_tables).transpose(1, 2)
     out = F.scaled_dot_product_attention(

@@ -4,14 +4,16 @@
 weights go through `cpu_linear.cpp`: it streams the weights once per call and accumulates in
 fp32, which on CPUs without AVX-512 BF16 is several times faster than ATen's bf16 GEMM at the
 row counts of decoding (1 to ~20), and it is batch-invariant (a row's result does not depend on
-the other rows). The extension is compiled once per machine into ``$SSD_CACHE_DIR/kernels``
-(about 20 s; needs a C++ compiler). Where it cannot be built or used, `linear` falls back to
-ATen with a warning, and int8 weights are widened on the fly.
+the other rows). `cpu_attention.cpp` is the paged attention `ssd.attention` uses on such CPUs:
+it reads K/V pages in place instead of gathering them. The extension is compiled once per
+machine into ``$SSD_CACHE_DIR/kernels`` (about 30 s; needs a C++ compiler). Where it cannot be
+built or used, both fall back to ATen with a warning, and int8 weights are widened on the fly.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("cpu_linear.cpp")
+_HERE = Path(__file__).parent
+_SOURCES = [_HERE / "cpu_linear.cpp", _HERE / "cpu_attention.cpp"]
+_HEADERS = [_HERE / "simd.h"]
 
 
 @functools.cache
@@ -32,12 +36,15 @@ def cpu_kernels_available() -> bool:
         return False
     from torch.utils.cpp_extension import load
 
-    root = Path(os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd") / "kernels"
+    # torch rebuilds when a source changes but not when a header does: key the folder on both
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()
+    root = Path(os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd")
+    root = root / "kernels" / digest[:12]
     root.mkdir(parents=True, exist_ok=True)
     try:
         load(
-            name="ssd_cpu_linear",
-            sources=[str(_SOURCE)],
+            name="ssd_cpu_kernels",
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
             build_directory=str(root),
             is_python_module=False,
@@ -54,6 +61,10 @@ def _register_fake() -> None:
     def _(x: Tensor, w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
         return x.new_empty((*x.shape[:-1], w.shape[0]))
 
+    @torch.library.register_fake("ssd_cpu::paged_attention")
+    def _(q: Tensor, k: Tensor, v: Tensor, tables: Tensor, mask: Tensor, scale: float) -> Tensor:
+        return torch.empty_like(q)
+
 
 _native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant
 
@@ -68,10 +79,15 @@ def prepare() -> bool:
     return _native
 
 
+def native_on(x: Tensor) -> bool:
+    """Whether the native kernels serve tensors on x's device."""
+    native = _native if _native is not None else prepare()
+    return native and x.device.type == "cpu"
+
+
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """x @ w.T + bias, for w [N, K] in x's dtype, bf16, or int8 with per-row `scale` [N]."""
-    native = _native if _native is not None else prepare()
-    if native and x.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.int8):
+    if native_on(x) and w.dtype in (torch.bfloat16, torch.int8):
         return torch.ops.ssd_cpu.linear(x, w, scale, bias)
     if scale is not None:  # int8 elsewhere: widen, then scale the rows
         return F.linear(x, w.to(x.dtype)) * scale.to(x.dtype) + (0 if bias is None else bias)

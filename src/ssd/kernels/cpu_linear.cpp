@@ -18,31 +18,17 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
+#include "simd.h"
+
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
 namespace {
 
-inline __m256 load8(const c10::BFloat16* p) {
-  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-}
-
-inline __m256 load8(const int8_t* p) {
-  __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-}
-
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
-inline float to_float(int8_t v) { return static_cast<float>(v); }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using ssd_simd::hsum;
+using ssd_simd::load8;
+using ssd_simd::to_float;
 
 constexpr int R = 4;  // weight rows per block
 
@@ -206,7 +192,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
 
 }  // namespace
 
-TORCH_LIBRARY(ssd_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
   m.def("linear(Tensor x, Tensor w, Tensor? scale, Tensor? bias) -> Tensor");
 }
 
