@@ -469,3 +469,5 @@ def test_smollm2_pair_is_offline_once_prepared(
     assert draft == smollm2_cache / "smollm2-135m-instruct-draft"
     assert (draft / "model.safetensors").is_file()
     assert prepare.vocab_digest(target) == prepare.vocab_digest(draft) is not None
+    _forbid(monkeypatch, "assemble_draft")  # the draft is cached now, like the target
+    assert prepare_pair("smollm2", smollm2_cache, progress=False) == (target, draft)

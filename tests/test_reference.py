@@ -1,5 +1,7 @@
 """The reference sampler and the exactness checkers themselves."""
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -18,11 +20,35 @@ def model(seed, vocab=4):
     return reference.TableModel.from_probs(vocab, probs)
 
 
-@given(testing.table_models(5), testing.sampling_params(5))
-def test_exact_law_is_a_distribution_over_the_support(m, params):
-    law = reference.exact_law(m, (1, 2), 3, params)
-    assert abs(sum(law.values()) - 1) < 1e-12
-    assert all(p > 0 and len(s) == 3 for s, p in law.items())
+def _transformed(probs: torch.Tensor, temperature: float, top_k: int) -> list[float]:
+    """The sampling transform written out for distinct probabilities: p^(1/T) (a one-hot argmax
+    at T = 0), all but the top_k largest zeroed, renormalized."""
+    p = [float(x) for x in probs]
+    if temperature == 0:
+        best = max(range(len(p)), key=p.__getitem__)
+        return [float(i == best) for i in range(len(p))]
+    p = [x ** (1 / temperature) for x in p]
+    if top_k:
+        kept = sorted(range(len(p)), key=p.__getitem__)[-top_k:]
+        p = [x if i in kept else 0.0 for i, x in enumerate(p)]
+    return [x / sum(p) for x in p]
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 0), (1.3, 2), (0.0, 0)], ids=str)
+def test_exact_law_matches_the_chain_rule_over_every_continuation(temperature, top_k):
+    vocab, prefix, n = 4, (1, 2), 3
+    raw = model(3, vocab)
+    params = SamplingParams(temperature=temperature, top_k=top_k)
+    want = {}
+    for seq in itertools.product(range(vocab), repeat=n):
+        prob = 1.0
+        for i, token in enumerate(seq):
+            prob *= _transformed(raw.logits(prefix + seq[:i]).exp(), temperature, top_k)[token]
+        if prob > 0:
+            want[seq] = prob
+    got = reference.exact_law(raw, prefix, n, params)
+    assert set(got) == set(want)  # exactly the continuations of positive probability
+    testing.assert_laws_equal(got, want)
 
 
 def test_plain_ar_sampler_follows_the_exact_law():

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Subcommands with their own parsers (see their modules): the rest of argv is theirs.
+# Subcommands with their own parsers: (module, entry, help); the rest of argv is theirs. The
+# module is imported only when its subcommand runs, so the core never loads the tools package.
 _DELEGATED = {
-    "distill": ("ssd.distill.pipeline", "train a draft for a target by distillation"),
-    "eval-pair": ("ssd.distill.evaluate", "acceptance of a target/draft pair, per category"),
-    "bench": ("ssd.bench", "AR / SD / SSD next to transformers, side by side"),
-    "prepare-draft": ("ssd.distill.pipeline", "assemble the distilled SmolLM2 draft (cached)"),
+    "distill": ("ssd_tools.distill.pipeline", "main", "train a draft for a target by distillation"),
+    "eval-pair": (
+        "ssd_tools.distill.evaluate",
+        "main",
+        "acceptance of a target/draft pair, per category",
+    ),
+    "bench": ("ssd.bench", "main", "AR / SD / SSD next to transformers, side by side"),
+    "prepare-draft": (
+        "ssd.prepare",
+        "draft_main",
+        "assemble the distilled SmolLM2 draft (cached)",
+    ),
 }
 
 
@@ -19,12 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _DELEGATED:
         import importlib
 
-        module = importlib.import_module(_DELEGATED[argv[0]][0])
-        entry = module.prepare_main if argv[0] == "prepare-draft" else module.main
-        return int(entry(argv[1:]))
+        module_name, entry, _ = _DELEGATED[argv[0]]
+        return int(getattr(importlib.import_module(module_name), entry)(argv[1:]))
     parser = argparse.ArgumentParser(prog="ssd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in _DELEGATED.items():
+    for name, (_, _, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text + f" (`ssd {name} -h`)", add_help=False)
     gen = sub.add_parser(
         "generate",

@@ -7,8 +7,8 @@ import time
 import torch
 
 from ssd import random as rnd
-from ssd import testing
 from ssd.sampling import saguaro_q, sample, verify_chain
+from ssd.testing import goodness_of_fit
 
 
 def bigram(seed: int, vocab: int, sharpness: float) -> torch.Tensor:
@@ -18,9 +18,14 @@ def bigram(seed: int, vocab: int, sharpness: float) -> torch.Tensor:
     )
 
 
-def run(rows: int = 200_000, vocab: int = 8, k: int = 4, seed: int = 0) -> None:
+def tables(vocab: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (target, draft) bigram tables [V, V] of the demo; row = previous token."""
     target, draft = bigram(1, vocab, 2.0), bigram(2, vocab, 2.0)
-    draft = 0.5 * draft + 0.5 * target  # a draft that roughly agrees with its target
+    return target, 0.5 * draft + 0.5 * target  # a draft that roughly agrees with its target
+
+
+def run(rows: int = 200_000, vocab: int = 8, k: int = 4, seed: int = 0) -> None:
+    target, draft = tables(vocab)
     start = torch.zeros(rows, dtype=torch.int64)
     keys = rnd.split(rnd.key(seed), rows)
     print(f"ssd demo: {rows:,} rows, vocab {vocab}, K = {k}; target and draft are bigram tables")
@@ -48,7 +53,7 @@ def run(rows: int = 200_000, vocab: int = 8, k: int = 4, seed: int = 0) -> None:
         )
         first = torch.where(out.num_accepted > 0, drafted[:, 0], out.next_token)
         want = {t: float(target[0, t]) for t in range(vocab)}
-        fit = testing.goodness_of_fit(first.tolist(), want)
+        fit = goodness_of_fit(first.tolist(), want)
         rate = out.num_accepted.double().mean().item() / k
         tau = out.num_accepted.double().mean().item() + 1
         ms = (time.perf_counter() - t0) * 1e3

@@ -9,6 +9,9 @@ Face directory and swaps that into place atomically. Later calls only check a ma
 
     ssd prepare [PAIR] [--cache-dir DIR] [--force]     # prints the target and the draft directory
 
+The `smollm2` pair's draft is not a GGUF: `prepare_draft` assembles it from the committed
+distilled artifact and the prepared target (`ssd prepare-draft`).
+
 The cache is ``cache_dir``, else ``$SSD_CACHE_DIR``, else ``~/.cache/ssd`` (docs/prepare.md).
 """
 
@@ -33,9 +36,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 MARKER = ".complete"  # written last, inside the build dir, before the atomic rename
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -80,8 +86,6 @@ class Pair:
 
 
 def _distilled_smollm2_draft(root: Path, force: bool, progress: bool) -> Path:
-    from ssd.distill.pipeline import prepare_draft
-
     try:
         return prepare_draft(root, force=force)
     except (FileNotFoundError, ValueError) as e:
@@ -520,3 +524,116 @@ def prepare_pair(
             f"(vocab sha256 {t_vocab} in {target}, {d_vocab} in {draft})"
         )
     return target, draft
+
+
+# The committed distilled draft: an artifact (`draft.json` + `weights.safetensors`) in the source
+# checkout holding only the tensors the draft does not share with its target; the rest are
+# referenced by name with a sha256 over them, so a different target is refused. `ssd distill`
+# (ssd_tools.distill) writes it; assembling it is preparation, so it lives here.
+
+DRAFT_NAME = "smollm2-135m-instruct-draft"
+DRAFT_FORMAT = 1
+_DRAFT_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+def default_draft_artifact() -> Path:
+    """The committed artifact: `$SSD_DRAFT_ARTIFACT`, else `artifacts/draft/...` of this
+    source checkout (the artifact is not part of the installed package)."""
+    env = os.environ.get("SSD_DRAFT_ARTIFACT")
+    return (
+        Path(env) if env else Path(__file__).resolve().parents[2] / "artifacts/draft" / DRAFT_NAME
+    )
+
+
+def shared_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names and fp32 bytes of the tensors a draft shares with its target."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def assemble_draft(artifact_dir: Path, target_dir: Path, out_dir: Path) -> Path:
+    """Build the Hugging Face draft directory (fp32) from an artifact and its target, atomically."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    manifest = json.loads((artifact_dir / "draft.json").read_text())
+    if manifest.get("format") != DRAFT_FORMAT:
+        raise ValueError(
+            f"{artifact_dir}: unsupported draft artifact format {manifest.get('format')}"
+        )
+    with safe_open(str(target_dir / "model.safetensors"), "pt") as f:
+        shared_src = {n: f.get_tensor(n) for n in sorted(set(manifest["shared"].values()))}
+    shared = {k: shared_src[v] for k, v in manifest["shared"].items()}
+    if shared_digest(shared) != manifest["shared_sha256"]:
+        raise ValueError(
+            f"the target in {target_dir} is not the one the draft in {artifact_dir} was "
+            "distilled from (its shared tensors differ)"
+        )
+    with safe_open(str(artifact_dir / "weights.safetensors"), "pt") as f:
+        own = {n: f.get_tensor(n).to(torch.float32) for n in f.keys()}  # noqa: SIM118
+    tmp = out_dir.with_name(out_dir.name + ".build")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.to(torch.float32).contiguous() for k, v in {**shared, **own}.items()}
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(manifest["config"], architectures=["LlamaForCausalLM"], dtype="float32")
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for name in _DRAFT_TOKENIZER_FILES:
+        if (target_dir / name).exists():
+            shutil.copy2(target_dir / name, tmp / name)
+    (tmp / MARKER).write_text(json.dumps({"artifact": str(artifact_dir)}) + "\n")
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        shutil.rmtree(old)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def prepare_draft(
+    cache_dir: str | Path | None = None, artifact: str | Path | None = None, force: bool = False
+) -> Path:
+    """The Hugging Face draft directory `<cache>/smollm2-135m-instruct-draft/`, assembled from
+    the committed artifact and the prepared target on first use (about 2 s)."""
+    src = Path(artifact) if artifact else default_draft_artifact()
+    out = cache_root(cache_dir) / DRAFT_NAME
+    stamp = (src / "draft.json").read_text() if (src / "draft.json").exists() else None
+    if stamp is None:
+        raise FileNotFoundError(f"no draft artifact at {src}; build one with `ssd distill`")
+    stamp_copy = out / "draft.json"  # the manifest the cached directory was built from
+    fresh = (out / MARKER).exists() and stamp_copy.exists()
+    if not force and fresh and stamp_copy.read_text() == stamp:
+        return out
+    assemble_draft(src, prepare_smollm2(cache_dir, progress=False), out)
+    (out / "draft.json").write_text(stamp)
+    return out
+
+
+def draft_main(argv: list[str] | None = None) -> int:
+    """`ssd prepare-draft`: print the assembled draft directory (builds it on first use)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ssd prepare-draft", description=prepare_draft.__doc__)
+    p.add_argument("--cache-dir", help="default: $SSD_CACHE_DIR or ~/.cache/ssd")
+    p.add_argument("--artifact", help="default: $SSD_DRAFT_ARTIFACT or artifacts/draft/...")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = p.parse_args(argv)
+    try:
+        print(prepare_draft(args.cache_dir, args.artifact, force=args.force))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -9,9 +9,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from conftest import randomize
-from ssd.distill.draft import init_draft
-from ssd.distill.evaluate import evaluate_pair, speculate, token_agreement
 from ssd.engine.metrics import AcceptanceStats
+from ssd_tools.distill.draft import init_draft
+from ssd_tools.distill.evaluate import evaluate_pair, speculate, token_agreement
 
 EOS = 2
 PROMPTS = [[5, 17, 33], [9, 4, 60, 61, 62, 7, 7, 30], [40, 41], [88, 3, 12, 70, 71, 72]]

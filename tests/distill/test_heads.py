@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from ssd.distill.heads import head_scores
 from ssd.prepare import prepare_smollm2
+from ssd_tools.distill.heads import head_scores
 
 
 def test_copying_heads_sit_in_the_middle_layers() -> None:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ssd.distill.acceptance import rounds_from_matches
-from ssd.distill.macs import macs_per_token, macs_ratio
 from ssd.engine.metrics import AcceptanceStats
+from ssd_tools.distill.acceptance import rounds_from_matches
+from ssd_tools.distill.macs import macs_per_token, macs_ratio
 
 
 def test_rounds_from_matches_by_hand() -> None:
@@ -76,15 +76,22 @@ def test_smollm2_draft_ratio() -> None:
     assert 134e6 < m.total < 135e6
     assert macs_ratio(dict(target, num_hidden_layers=3), target) < 0.3
     assert macs_ratio(dict(target, num_hidden_layers=4), target) > 0.3
-    json.dumps(m.__dict__)
+
+    def linear_weights(layers: int) -> int:  # counted on the real module tree, no memory used
+        with torch.device("meta"):
+            cfg = LlamaConfig(**dict(target, num_hidden_layers=layers), tie_word_embeddings=True)
+            model = LlamaForCausalLM(cfg)
+        return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    assert m.total == linear_weights(30)
+    assert macs_ratio(dict(target, num_hidden_layers=3), target) == linear_weights(3) / m.total
 
 
 def test_committed_draft_fits_the_budget() -> None:
     """The committed draft's own config costs at most 0.3x SmolLM2-135M per token."""
-    from ssd.distill.pipeline import default_artifact
-    from ssd.prepare import prepare_smollm2
+    from ssd.prepare import default_draft_artifact, prepare_smollm2
 
-    draft = json.loads((default_artifact() / "draft.json").read_text())["config"]
+    draft = json.loads((default_draft_artifact() / "draft.json").read_text())["config"]
     target = json.loads((prepare_smollm2(progress=False) / "config.json").read_text())
     assert draft["vocab_size"] == target["vocab_size"]
     assert macs_ratio(draft, target) <= 0.3

@@ -10,12 +10,14 @@ import torch
 from safetensors import safe_open
 from transformers import LlamaForCausalLM
 
-from ssd.distill.data import collate, distill_loss, sampled_distill_loss
-from ssd.distill.draft import assemble, ffn_importance, init_draft, save_artifact
-from ssd.distill.teacher import Job, generate_shards, load_all
-from ssd.distill.train import TrainConfig, train
+from ssd import prepare
 from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import forward, load_model
+from ssd.prepare import assemble_draft
+from ssd_tools.distill.data import collate, distill_loss, sampled_distill_loss
+from ssd_tools.distill.draft import ffn_importance, init_draft, save_artifact
+from ssd_tools.distill.teacher import Job, generate_shards, load_all
+from ssd_tools.distill.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +163,7 @@ def test_saved_draft_reloads_with_identical_logits(
         stored = set(f.keys())
     assert not any("embed" in n or "layers.0.self_attn" in n for n in stored)
     assert any(n.startswith("model.layers.0.mlp.") for n in stored) == narrow
-    hf_dir = assemble(art, tiny_target, tmp_path / "hf")
+    hf_dir = assemble_draft(art, tiny_target, tmp_path / "hf")
 
     tokens = [5, 17, 33, 4, 90, 61, 2, 7, 8]
     x = torch.tensor([tokens])
@@ -185,4 +187,37 @@ def test_assemble_refuses_another_target(tiny_target: Path, tmp_path: Path) -> N
         target.model.embed_tokens.weight[0, 0] += 1
     target.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="not the one"):
-        assemble(art, tmp_path / "other", tmp_path / "hf")
+        assemble_draft(art, tmp_path / "other", tmp_path / "hf")
+
+
+def test_prepare_draft_assembles_once_then_only_reads_the_cache(
+    tiny_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = LlamaForCausalLM.from_pretrained(tiny_target)
+    art = save_artifact(init_draft(target, [0, 3]), [0, 3], [], tmp_path / "artifact")
+    cache = tmp_path / "cache"
+    assembled: list[Path] = []
+
+    def counted(artifact_dir: Path, target_dir: Path, out_dir: Path) -> Path:
+        assembled.append(out_dir)
+        return assemble_draft(artifact_dir, target_dir, out_dir)
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a prepared draft must not download, convert or prepare again")
+
+    monkeypatch.setattr(prepare, "assemble_draft", counted)
+    monkeypatch.setattr(prepare, "prepare_smollm2", lambda *a, **k: tiny_target)
+    first = prepare.prepare_draft(cache, art)
+    assert first == cache / prepare.DRAFT_NAME and (first / "model.safetensors").is_file()
+    assert assembled == [first]
+    for name in ("_pip_download", "_convert", "prepare_smollm2", "prepare_model"):
+        monkeypatch.setattr(prepare, name, offline)
+    assert prepare.prepare_draft(cache, art) == first
+    assert assembled == [first]
+    # a changed artifact manifest, or force, assembles again
+    monkeypatch.setattr(prepare, "prepare_smollm2", lambda *a, **k: tiny_target)
+    manifest = json.loads((art / "draft.json").read_text())
+    (art / "draft.json").write_text(json.dumps({**manifest, "note": "retrained"}))
+    assert prepare.prepare_draft(cache, art) == first
+    assert prepare.prepare_draft(cache, art, force=True) == first
+    assert assembled == [first] * 3

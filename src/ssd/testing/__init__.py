@@ -1,6 +1,7 @@
 """Public testing tools for research code: hypothesis strategies and exactness checkers.
 
-Needs the `test` extra (hypothesis). Typical use, for a new proposal policy `MyProposer`::
+The strategies need the `test` extra (hypothesis); the exactness checkers do not, and
+`ssd demo` uses them without it. Typical use, for a new proposal policy `MyProposer`::
 
     from ssd import reference, testing
     @hypothesis.given(testing.table_models(vocab=4), testing.table_models(vocab=4))
@@ -10,13 +11,29 @@ Needs the `test` extra (hypothesis). Typical use, for a new proposal policy `MyP
         testing.assert_laws_equal(got, want)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ssd.testing.exactness import (
     GoodnessOfFit,
     assert_follows,
     assert_laws_equal,
     goodness_of_fit,
 )
-from ssd.testing.strategies import distributions, sampling_params, table_models
+
+if TYPE_CHECKING:
+    from ssd.testing.strategies import distributions, sampling_params, table_models
+
+_STRATEGIES = ("distributions", "sampling_params", "table_models")
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that the checkers work without hypothesis installed.
+    if name in _STRATEGIES:
+        from ssd.testing import strategies
+
+        return getattr(strategies, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GoodnessOfFit",

@@ -24,13 +24,13 @@ import torch
 
 from ssd import specbench
 from ssd.config import SamplingParams
-from ssd.distill.acceptance import greedy_matches, rounds_from_matches
-from ssd.distill.macs import describe, macs_ratio
-from ssd.distill.teacher import continuations
 from ssd.engine.metrics import AcceptanceStats, merge_all
 from ssd.llm import LLM
 from ssd.models import load_model
 from ssd.saguaro import ngram_guess
+from ssd_tools.distill.acceptance import greedy_matches, rounds_from_matches
+from ssd_tools.distill.macs import describe, macs_ratio
+from ssd_tools.distill.teacher import continuations
 
 SPEC_BENCH = specbench.PATH  # the Spec-Bench questions shipped with the package
 
@@ -239,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssd.distill.pipeline import chat_ids, prepare_draft
     from ssd.models import ModelConfig, load_tokenizer
-    from ssd.prepare import prepare_smollm2
+    from ssd.prepare import prepare_draft, prepare_smollm2
+    from ssd_tools.distill.pipeline import chat_ids
 
     args = build_parser().parse_args(argv)
     if args.threads:

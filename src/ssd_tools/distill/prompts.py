@@ -13,8 +13,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ssd.distill import wordlists as W
-from ssd.distill.corpus import Passage, window
+from ssd_tools.distill import wordlists as W
+from ssd_tools.distill.corpus import Passage, window
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`ssd distill`: data -> train -> export, each phase resumable, plus `prepare_draft`.
+"""`ssd distill`: data -> train -> export, each phase resumable.
 
 Phases (all by default, in order; each skips work already on disk under `--run-dir`):
 1. data: synthetic chat prompts (`prompts.py`), answered by the target; top-k recorded.
@@ -11,51 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ARTIFACT_NAME = "smollm2-135m-instruct-draft"
 HELDOUT_EVERY = 32  # prompt i is held out when i % 32 == 0
 TEXT_BASE = 1_000_000  # record indices of raw-text chunks start here
 CALIB_SEQS, CALIB_LEN = 24, 512  # training sequences that rank the FFN neurons
-
-
-def default_artifact() -> Path:
-    """The committed artifact: `$SSD_DRAFT_ARTIFACT`, else `artifacts/draft/...` of this
-    source checkout (the artifact is not part of the installed package)."""
-    env = os.environ.get("SSD_DRAFT_ARTIFACT")
-    return (
-        Path(env)
-        if env
-        else Path(__file__).resolve().parents[3] / "artifacts/draft" / ARTIFACT_NAME
-    )
-
-
-def prepare_draft(
-    cache_dir: str | Path | None = None, artifact: str | Path | None = None, force: bool = False
-) -> Path:
-    """The Hugging Face draft directory `<cache>/smollm2-135m-instruct-draft/`, assembled from
-    the committed artifact and the prepared target on first use (about 2 s)."""
-    from ssd.distill.draft import assemble
-    from ssd.prepare import cache_root, prepare_smollm2
-
-    src = Path(artifact) if artifact else default_artifact()
-    out = cache_root(cache_dir) / ARTIFACT_NAME
-    stamp = (src / "draft.json").read_text() if (src / "draft.json").exists() else None
-    if stamp is None:
-        raise FileNotFoundError(f"no draft artifact at {src}; build one with `ssd distill`")
-    stamp_copy = out / "draft.json"  # the manifest the cached directory was built from
-    fresh = (out / ".complete").exists() and stamp_copy.exists()
-    if not force and fresh and stamp_copy.read_text() == stamp:
-        return out
-    assemble(src, prepare_smollm2(cache_dir, progress=False), out)
-    (out / "draft.json").write_text(stamp)
-    return out
 
 
 def chat_ids(tokenizer: Any, text: str) -> list[int]:
@@ -144,19 +108,19 @@ def _ints(s: str) -> list[int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import LlamaForCausalLM
 
-    from ssd.distill.corpus import stdlib_passages, text_chunks
-    from ssd.distill.draft import assemble, ffn_importance, init_draft, save_artifact
-    from ssd.distill.prompts import make_prompts
-    from ssd.distill.teacher import Job, generate_shards, load_all
-    from ssd.distill.train import TrainConfig, evaluate_heldout, train
     from ssd.models import load_model, load_tokenizer
-    from ssd.prepare import cache_root, prepare_smollm2
+    from ssd.prepare import DRAFT_NAME, assemble_draft, cache_root, prepare_smollm2
+    from ssd_tools.distill.corpus import stdlib_passages, text_chunks
+    from ssd_tools.distill.draft import ffn_importance, init_draft, save_artifact
+    from ssd_tools.distill.prompts import make_prompts
+    from ssd_tools.distill.teacher import Job, generate_shards, load_all
+    from ssd_tools.distill.train import TrainConfig, evaluate_heldout, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.quiet
     target_dir = Path(args.target) if args.target else prepare_smollm2(progress=progress)
-    run_dir = args.run_dir or cache_root() / "distill" / ARTIFACT_NAME
+    run_dir = args.run_dir or cache_root() / "distill" / DRAFT_NAME
     run_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -236,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": {"sequences": len(trainset), "tokens": n_tokens, "heldout": len(heldout)},
     }
     save_artifact(draft, layers, frozen, art, extra)
-    hf = assemble(art, target_dir, run_dir / "hf")
+    hf = assemble_draft(art, target_dir, run_dir / "hf")
     final = evaluate_heldout(
         LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32), heldout, cfg.k_eval
     )
@@ -250,19 +214,4 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = run(args)
     print(json.dumps({k: v for k, v in out.items() if k != "log"}, indent=2))
-    return 0
-
-
-def prepare_main(argv: list[str] | None = None) -> int:
-    """`ssd prepare-draft`: print the assembled draft directory (builds it on first use)."""
-    p = argparse.ArgumentParser(prog="ssd prepare-draft", description=prepare_draft.__doc__)
-    p.add_argument("--cache-dir", help="default: $SSD_CACHE_DIR or ~/.cache/ssd")
-    p.add_argument("--artifact", help="default: $SSD_DRAFT_ARTIFACT or artifacts/draft/...")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    args = p.parse_args(argv)
-    try:
-        print(prepare_draft(args.cache_dir, args.artifact, force=args.force))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0

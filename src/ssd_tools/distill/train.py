@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from ssd.distill.acceptance import rounds_from_matches
-from ssd.distill.data import (
+from ssd.engine.metrics import AcceptanceStats, merge_all
+from ssd_tools.distill.acceptance import rounds_from_matches
+from ssd_tools.distill.data import (
     Record,
     collate,
     distill_loss,
@@ -32,7 +33,6 @@ from ssd.distill.data import (
     plan,
     sampled_distill_loss,
 )
-from ssd.engine.metrics import AcceptanceStats, merge_all
 
 
 @dataclass

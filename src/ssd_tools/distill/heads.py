@@ -8,7 +8,7 @@ of the current token. We find both by feeding a random token sequence twice: in 
 copy, a previous-token head attends from position i to i - 1, an induction head to i - n + 1.
 The draft's layers are chosen from these scores (docs/draft.md).
 
-    python -m ssd.distill.heads [target_dir]    # default: the prepared SmolLM2-135M-Instruct
+    python -m ssd_tools.distill.heads [target_dir]    # default: the prepared SmolLM2-135M-Instruct
 """
 
 from __future__ import annotations

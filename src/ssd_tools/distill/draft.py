@@ -11,34 +11,23 @@ important neurons to afford more layers, and its final norm from the target's. T
 
 Artifact (`draft.json` + `weights.safetensors`): the manifest names the target layers used,
 the shared tensors with a sha256 of their bytes (so a different target is refused), and the
-draft's config; the weights file holds the trained tensors in bf16. `assemble` turns it plus
-the target into an ordinary Hugging Face directory (fp32) that both `transformers` and
-`ssd.models.load_model` read.
+draft's config; the weights file holds the trained tensors in bf16. `ssd.prepare.assemble_draft`
+turns it plus the target into an ordinary Hugging Face directory (fp32) that both `transformers`
+and `ssd.models.load_model` read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-FORMAT = 1
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-    "generation_config.json",
-)
+from ssd.prepare import DRAFT_FORMAT, shared_digest
 
 
 def draft_config(
@@ -148,19 +137,6 @@ def _shared_names(draft: LlamaForCausalLM, layers: Sequence[int]) -> dict[str, s
     return out
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _target_tensors(target_dir: Path, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    with safe_open(str(target_dir / "model.safetensors"), "pt") as f:
-        return {n: f.get_tensor(n) for n in names}
-
-
 def save_artifact(
     draft: LlamaForCausalLM,
     layers: Sequence[int],
@@ -177,49 +153,13 @@ def save_artifact(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(own, str(out_dir / "weights.safetensors"))
     manifest = {
-        "format": FORMAT,
+        "format": DRAFT_FORMAT,
         "target_layers": list(layers),
         "frozen": list(frozen),
         "shared": shared,
-        "shared_sha256": _digest({k: state[k] for k in shared}),
+        "shared_sha256": shared_digest({k: state[k] for k in shared}),
         "config": draft_config(draft.config.to_dict(), len(layers)),
         **(extra or {}),
     }
     (out_dir / "draft.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return out_dir
-
-
-def assemble(artifact_dir: Path, target_dir: Path, out_dir: Path) -> Path:
-    """Build the Hugging Face draft directory from an artifact and its target (atomically)."""
-    manifest = json.loads((artifact_dir / "draft.json").read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(
-            f"{artifact_dir}: unsupported draft artifact format {manifest.get('format')}"
-        )
-    shared_src = _target_tensors(target_dir, sorted(set(manifest["shared"].values())))
-    shared = {k: shared_src[v] for k, v in manifest["shared"].items()}
-    if _digest(shared) != manifest["shared_sha256"]:
-        raise ValueError(
-            f"the target in {target_dir} is not the one the draft in {artifact_dir} was "
-            "distilled from (its shared tensors differ)"
-        )
-    with safe_open(str(artifact_dir / "weights.safetensors"), "pt") as f:
-        own = {n: f.get_tensor(n).to(torch.float32) for n in f.keys()}  # noqa: SIM118
-    tmp = out_dir.with_name(out_dir.name + ".build")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = {k: v.to(torch.float32).contiguous() for k, v in {**shared, **own}.items()}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    cfg = dict(manifest["config"], architectures=["LlamaForCausalLM"], dtype="float32")
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    for name in _TOKENIZER_FILES:
-        if (target_dir / name).exists():
-            shutil.copy2(target_dir / name, tmp / name)
-    (tmp / ".complete").write_text(json.dumps({"artifact": str(artifact_dir)}) + "\n")
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        shutil.rmtree(old)
-    os.replace(tmp, out_dir)
     return out_dir
