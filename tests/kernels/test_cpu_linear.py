@@ -31,16 +31,39 @@ def test_bf16_matches_fp32_reference(m, n, k):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _q8(x: torch.Tensor) -> torch.Tensor:
+    """x quantized per row in blocks of 32 and dequantized, as the kernel does (amax / 127)."""
+    blocks = x.unflatten(-1, (-1, 32))
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(blocks * inv) * (amax / 127.0)).flatten(-2)
+
+
 @pytest.mark.parametrize("m", [1, 4, 9])
-def test_int8_matches_dequantized_reference(m):
-    w = _weights(48, 96, seed=3)
+@pytest.mark.parametrize("k", [96, 100])  # K % 32 == 0: activations in int8 blocks; else fp32
+def test_int8_matches_dequantized_reference(m, k):
+    w = _weights(50, k, seed=3)  # N % 4 tail too
     q, scale = quantize_rows(w)
-    x = torch.randn(2, m, 96, generator=torch.Generator().manual_seed(m))  # leading dims kept
-    ref = F.linear(x, q.float() * scale[:, None])
+    x = torch.randn(2, m, k, generator=torch.Generator().manual_seed(m))  # leading dims kept
+    xr = _q8(x) if k % 32 == 0 else x
+    ref = F.linear(xr, q.float() * scale[:, None])
     out = linear(x, q, None, scale)
-    assert out.shape == (2, m, 48)
+    assert out.shape == (2, m, 50)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (w - q.float() * scale[:, None]).abs().max() <= scale.max() / 2 + 1e-7
+    if k % 32 == 0:  # and the activation rounding is what it costs: within half a step per block
+        exact = F.linear(x, q.float() * scale[:, None])
+        assert not torch.allclose(out, exact, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, exact, rtol=0, atol=0.05)
+
+
+def test_int8_rows_do_not_depend_on_their_batch():
+    q, scale = quantize_rows(_weights(40, 128, seed=6))
+    rows = torch.randn(7, 128, generator=torch.Generator().manual_seed(2))
+    alone = torch.cat([linear(rows[i : i + 1], q, None, scale) for i in range(7)])
+    for m in (2, 3, 7):
+        together = torch.cat([linear(rows[i : i + m], q, None, scale) for i in range(0, 7, m)])
+        assert torch.equal(together, alone), m
 
 
 def test_a_row_does_not_depend_on_its_batch():
