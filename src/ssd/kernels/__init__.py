@@ -5,9 +5,12 @@ weights go through `cpu_linear.cpp`: it streams the weights once per call and ac
 fp32, which on CPUs without AVX-512 BF16 is several times faster than ATen's bf16 GEMM at the
 row counts of decoding (1 to ~20), and it is batch-invariant (a row's result does not depend on
 the other rows). `cpu_attention.cpp` is the paged attention `ssd.attention` uses on such CPUs:
-it reads K/V pages in place instead of gathering them. The extension is compiled once per
-machine into ``$SSD_CACHE_DIR/kernels`` (about 30 s; needs a C++ compiler). Where it cannot be
-built or used, both fall back to ATen with a warning, and int8 weights are widened on the fly.
+it reads K/V pages in place instead of gathering them. `cpu_layer.cpp` runs a whole decoder
+layer in one call for bf16 activations (`ssd.models.llama` uses it where `fused_layers` holds),
+sparing the forty small ops between projections their dispatch from Python. The extension is
+compiled once per machine into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++ compiler).
+Where it cannot be built or used, everything falls back to ATen with a warning, and int8
+weights are widened on the fly.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _HERE = Path(__file__).parent
-_SOURCES = [_HERE / "cpu_linear.cpp", _HERE / "cpu_attention.cpp"]
-_HEADERS = [_HERE / "simd.h"]
+_SOURCES = [_HERE / f"cpu_{name}.cpp" for name in ("linear", "attention", "layer")]
+_HEADERS = [_HERE / "simd.h", _HERE / "kernels.h"]
 
 
 @functools.cache
@@ -61,6 +64,10 @@ def _register_fake() -> None:
     def _(x: Tensor, w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
         return x.new_empty((*x.shape[:-1], w.shape[0]))
 
+    @torch.library.register_fake("ssd_cpu::decoder_layer")
+    def _(x: Tensor, *args: object) -> Tensor:
+        return torch.empty_like(x)
+
     @torch.library.register_fake("ssd_cpu::paged_attention")
     def _(q: Tensor, k: Tensor, v: Tensor, tables: Tensor, mask: Tensor, scale: float) -> Tensor:
         return torch.empty_like(q)
@@ -83,6 +90,19 @@ def native_on(x: Tensor) -> bool:
     """Whether the native kernels serve tensors on x's device."""
     native = _native if _native is not None else prepare()
     return native and x.device.type == "cpu"
+
+
+FUSED_LAYERS = os.environ.get("SSD_FUSED_LAYERS", "1") != "0"  # tests compare both paths
+
+
+def fused_layers(x: Tensor, weights: list[Tensor]) -> bool:
+    """Whether `ssd_cpu::decoder_layer` serves a layer with activations x and these matrices."""
+    return (
+        FUSED_LAYERS
+        and native_on(x)
+        and x.dtype == torch.bfloat16
+        and all(w.dtype in (torch.bfloat16, torch.int8) for w in weights)
+    )
 
 
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:

@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels.h"
 #include "simd.h"
 
 namespace {
@@ -85,6 +86,10 @@ void attend(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_
   });
 }
 
+}  // namespace
+
+namespace ssd_kernels {
+
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
                            const at::Tensor& v_pages, const at::Tensor& block_tables,
                            const at::Tensor& mask, double scale) {
@@ -111,7 +116,7 @@ at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
   return out;
 }
 
-}  // namespace
+}  // namespace ssd_kernels
 
 TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
   m.def(
@@ -119,4 +124,4 @@ TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
       "Tensor mask, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(ssd_cpu, CPU, m) { m.impl("paged_attention", &paged_attention); }
+TORCH_LIBRARY_IMPL(ssd_cpu, CPU, m) { m.impl("paged_attention", &ssd_kernels::paged_attention); }

@@ -22,6 +22,7 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -230,17 +231,16 @@ std::vector<float> permute16(const float* x, int64_t M, int64_t K) {
   return xp;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
-                  const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
+}  // namespace
+
+namespace ssd_kernels {
+
+void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
+                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
+                float* o) {
+  TORCH_CHECK(w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "ssd cpu linear: w must be a contiguous [N, K]");
   const int64_t N = w.size(0), K = w.size(1);
-  TORCH_CHECK(x.size(-1) == K, "ssd cpu linear: x's last dim ", x.size(-1), " != K ", K);
-  at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, N}, x2.options());
-  const float* xf = x2.data_ptr<float>();
-  float* o = out.data_ptr<float>();
   if (w.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
@@ -274,16 +274,38 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
           },
           [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
     }
-    out.mul_(scale->to(at::kFloat));
+    const at::Tensor sc = scale->to(at::kFloat).contiguous();
+    const float* sp = sc.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) o[m * N + n] *= sp[n];
   }
-  if (bias.has_value()) out.add_(bias->to(at::kFloat));
+  if (bias.has_value()) {
+    const at::Tensor bc = bias->to(at::kFloat).contiguous();
+    const float* bp = bc.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) o[m * N + n] += bp[n];
+  }
+}
+
+}  // namespace ssd_kernels
+
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu(), "ssd cpu linear: CPU tensors only");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(x.size(-1) == K, "ssd cpu linear: x's last dim ", x.size(-1), " != K ", K);
+  const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = x2.size(0);
+  at::Tensor out = at::empty({M, N}, x2.options());
+  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>());
   auto shape = x.sizes().vec();
   shape.back() = N;
   return out.to(x.scalar_type()).view(shape);
 }
 
 }  // namespace
-
 TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
   m.def("linear(Tensor x, Tensor w, Tensor? scale, Tensor? bias) -> Tensor");
 }

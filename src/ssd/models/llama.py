@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssd import kernels
 from ssd.attention import attention_mask, paged_attention
 from ssd.kernels import linear
 from ssd.kv import AttentionMeta, KVCache, write_kv
@@ -146,6 +147,37 @@ def _mlp_block(lp: LayerParams, x: Tensor) -> Tensor:
     return _proj(lp, "w_down", F.silu(gate) * up)
 
 
+_FUSED_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+_FUSED_EXTRAS = ("bq", "bk", "bv", "bo", *(f"{n}_scale" for n in _FUSED_WEIGHTS if n[0] == "w"))
+
+
+def _fused_layer(
+    lp: LayerParams,
+    cfg: ModelConfig,
+    kv: KVCache,
+    layer: int,
+    x: Tensor,
+    rope: tuple[Tensor, Tensor],
+    meta: AttentionMeta,
+    mask: Tensor,
+) -> Tensor:
+    """The layer above (both blocks and residuals) as one native call (`ssd.kernels`)."""
+    return torch.ops.ssd_cpu.decoder_layer(
+        x,
+        [lp[name] for name in _FUSED_WEIGHTS],
+        [lp.get(name) for name in _FUSED_EXTRAS],
+        kv.k_pages[layer],
+        kv.v_pages[layer],
+        *rope,
+        meta.slot_mapping,
+        meta.block_tables,
+        mask,
+        cfg.rms_norm_eps,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+    )
+
+
 def forward_unchecked(
     params: Params,
     cfg: ModelConfig,
@@ -161,8 +193,16 @@ def forward_unchecked(
     x = F.embedding(tokens, params.embed)
     rope = rope_tables(meta.positions, params.inv_freq, x.dtype)
     mask = attention_mask(meta, kv.page_size)
+    fused = (
+        not cfg.qk_norm
+        and kv.k_pages.dtype == torch.bfloat16
+        and kernels.fused_layers(x, [params.layers[name] for name in _FUSED_WEIGHTS[1:5]])
+    )
     for layer in range(cfg.num_hidden_layers):
         lp = {key: w[layer] for key, w in params.layers.items()}
+        if fused:
+            x = _fused_layer(lp, cfg, kv, layer, x, rope, meta, mask)
+            continue
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
         x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
         x = x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))

@@ -1,0 +1,19 @@
+// The CPU kernels one source calls in another (the fused decoder layer calls the other two).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace ssd_kernels {
+
+// out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
+void linear_f32(const float* x, int64_t M, const at::Tensor& w,
+                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
+                float* out);
+
+// q [B, Q, H, D] against one layer's pages through the block tables, under `mask`.
+at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
+                           const at::Tensor& v_pages, const at::Tensor& block_tables,
+                           const at::Tensor& mask, double scale);
+
+}  // namespace ssd_kernels
