@@ -2,6 +2,9 @@
 
 A research loop in a page: change how `draft_step` proposes (or replace it with any proposal
 and its q rows, or point masses) and the verification keeps the output law the target's.
+Each step is wrapped in `Step(fn, donate=2)`, which marks the KV cache it writes in place as
+consumed: feeding a stale cache to a later step raises `StaleStateError` instead of reading
+overwritten pages.
 Run: python docs/examples/sd_loop.py TARGET_DIR DRAFT_DIR
 """
 
@@ -11,12 +14,17 @@ import sys
 
 import torch
 
-from ssd import SamplingParams
+from ssd import SamplingParams, steps
 from ssd import random as rnd
+from ssd.jit import Step
 from ssd.kv import PageAllocator, alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import load_model
 from ssd.sampling import SamplingTensors
-from ssd.steps import draft_step, glue_step, prefill_step, verify_step
+
+prefill_step, glue_step, draft_step, verify_step = (
+    Step(fn, donate=2)  # argument 2, the KV cache, is consumed by each call
+    for fn in (steps.prefill_step, steps.glue_step, steps.draft_step, steps.verify_step)
+)
 
 
 def speculative_generate(target_dir, draft_dir, prompt, n, params, k=4, seed=0):

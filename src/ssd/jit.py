@@ -1,12 +1,15 @@
 """The `jit` of this engine: pure steps compiled per static shape bucket.
 
-Modes:
+Compilers (`Step(fn, jit=...)`):
 - ``eager``: call the step as is (debugging, and the reference the others must equal);
 - ``compile``: `torch.compile(fullgraph=True, dynamic=False)`: one graph per shape bucket;
 - ``cudagraph`` (CUDA only): compile, then capture one CUDA graph per bucket and replay it, with
   the per-call inputs copied into the graph's static buffers.
 
 Callers pad their inputs to buckets (:func:`bucket`) so the number of graphs stays small.
+`Step(..., donate=i)` marks argument i (a state written in place, such as the KV cache) as
+consumed by each call, as `jax.jit`'s donated arguments: reusing it raises
+:class:`ssd.pytree.StaleStateError`, and the call's first output is its successor.
 Compiled graphs persist across processes in the inductor cache (:func:`configure_inductor`).
 """
 
@@ -15,13 +18,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
-Mode = Literal["eager", "compile", "cudagraph"]
-MODES: tuple[Mode, ...] = ("eager", "compile", "cudagraph")
+from ssd.pytree import check_live, donate
+
+JITS = ("eager", "compile", "cudagraph")
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -71,7 +75,7 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class Step:
-    """A pure step `fn(*args)` run in one of :data:`MODES`.
+    """A pure step `fn(*args)` run under one of :data:`JITS`.
 
     `persistent` names the positional arguments whose tensors keep their storage from call to
     call (weights, KV pages): a CUDA graph reads and writes them in place. All other tensor
@@ -80,21 +84,34 @@ class Step:
     """
 
     def __init__(
-        self, fn: Callable[..., Any], mode: Mode = "eager", persistent: Sequence[int] = ()
+        self,
+        fn: Callable[..., Any],
+        jit: str = "eager",
+        persistent: Sequence[int] = (),
+        donate: int | None = None,
     ):
-        if mode not in MODES:
-            raise ValueError(f"jit mode must be one of {MODES}, got {mode!r}")
-        if mode == "cudagraph" and not torch.cuda.is_available():
-            raise ValueError("jit mode 'cudagraph' needs CUDA; use 'compile' or 'eager'")
-        self.fn, self.mode, self.persistent = fn, mode, tuple(persistent)
+        if jit not in JITS:
+            raise ValueError(f"jit must be one of {JITS}, got {jit!r}")
+        if jit == "cudagraph" and not torch.cuda.is_available():
+            raise ValueError("jit 'cudagraph' needs CUDA; use 'compile' or 'eager'")
+        self.fn, self.jit, self.persistent, self.donate = fn, jit, tuple(persistent), donate
+        self.name = getattr(fn, "__name__", "step")
         self._compiled = fn
-        if mode != "eager":
+        if jit != "eager":
             configure_inductor()
             self._compiled = torch.compile(fn, fullgraph=True, dynamic=False)
         self._graphs: dict[tuple[Any, ...], _Graph] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if self.mode != "cudagraph":
+        if self.donate is not None:
+            check_live(args[self.donate], self.name)
+        out = self._run(args)
+        if self.donate is not None:
+            donate(args[self.donate], out[0] if isinstance(out, tuple) else out, self.name)
+        return out
+
+    def _run(self, args: tuple[Any, ...]) -> Any:
+        if self.jit != "cudagraph":
             return self._compiled(*args)
         key = _signature(args)
         graph = self._graphs.get(key)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ssd.tree import pytree_dataclass
+from ssd.pytree import pytree_dataclass
 
 if TYPE_CHECKING:
     from ssd.models.config import ModelConfig
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class KVCache:
     """K and V pages for all layers: ``[L, num_pages + 1, page_size, H_kv, D]`` each.
 
-    Written in place by the forward, which consumes its input cache (``ssd.tree.donate``).
+    Written in place by the forward, which consumes its input cache (``ssd.pytree.donate``).
     """
 
     k_pages: Tensor

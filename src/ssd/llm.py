@@ -92,7 +92,7 @@ class LLM:
         self.max_len = min(
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
-        mode_jit = jit or ("cudagraph" if device.type == "cuda" else "eager")
+        jit_name = jit or ("cudagraph" if device.type == "cuda" else "eager")
         lookahead = 0 if mode == "ar" else k + 1
         pages = num_pages or max_batch * -(-(self.max_len + lookahead) // page_size)
         kv = alloc_kv_cache(cfg, pages, page_size, dtype=dtype, device=device)
@@ -102,7 +102,7 @@ class LLM:
         self.eos_ids = sorted(eos)
         if mode == "ar":
             self.runner: ARRunner = ARRunner(
-                self.model, kv, make_step(mode_jit), max_batch, self.max_len
+                self.model, kv, make_step(jit_name), max_batch, self.max_len
             )
             return
         assert draft is not None
@@ -120,15 +120,15 @@ class LLM:
             backup=backup,
             dtype=str(draft_dtype).removeprefix("torch."),
             device=str(draft_device or device),
-            jit=mode_jit,
+            jit=jit_name,
             max_len=self.max_len,
             max_batch=max_batch,
             page_size=page_size,
         )
         drafter = RemoteDrafter(dcfg) if draft_process else make_drafter(dcfg)
-        verify = Step(verify_step, mode_jit, persistent=(0, 2))  # type: ignore[arg-type]
+        verify = Step(verify_step, jit_name, persistent=(0, 2), donate=2)
         self.runner = SpecRunner(
-            self.model, kv, make_step(mode_jit), verify, drafter, max_batch, self.max_len
+            self.model, kv, make_step(jit_name), verify, drafter, max_batch, self.max_len
         )
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ssd.tree import pytree_dataclass
+from ssd.pytree import pytree_dataclass
 
 
 def geometric_fanout(budget: int, k: int, accept: float, power: float) -> list[int]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ssd import random as rnd
 from ssd.config import SamplingParams
-from ssd.tree import pytree_dataclass, static
+from ssd.pytree import pytree_dataclass, static
 
 
 @pytree_dataclass
@@ -72,7 +73,9 @@ def _per_row(x: Tensor, like: Tensor) -> Tensor:
     return x.to(like.device).reshape(x.shape[0], *([1] * (like.dim() - 1)))
 
 
-def probs_from_logits(logits: Tensor, st: SamplingTensors) -> Tensor:
+def probs_from_logits(
+    logits: Float[Tensor, "B *rest V"], st: SamplingTensors
+) -> Float[Tensor, "B *rest V"]:
     """The distribution every path of the engine samples from, for logits [B, ..., V].
 
     Temperature, then top-k (exactly k tokens, ties broken toward lower ids), then top-p (the
@@ -113,12 +116,14 @@ def _kept(z: Tensor, st: SamplingTensors) -> Tensor:
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
-def draw(probs: Tensor, key: Tensor, greedy: bool) -> Tensor:
+def draw(
+    probs: Float[Tensor, "*rows V"], key: Int[Tensor, "*rows 2"], greedy: bool
+) -> Int[Tensor, "*rows"]:
     """`sample`, or the argmax when every row is one-hot (`greedy`, static): the same token."""
     return probs.argmax(-1) if greedy else sample(probs, key)
 
 
-def sample(probs: Tensor, key: Tensor) -> Tensor:
+def sample(probs: Float[Tensor, "*rows V"], key: Int[Tensor, "*rows 2"]) -> Int[Tensor, "*rows"]:
     """One token per row of `probs` [B, ..., V] with keys [B, ..., 2]: argmax(p / Exp(1)).
 
     `probs` may be unnormalized (the argmax is scale-free). A token of weight 0 is never drawn;
@@ -135,7 +140,9 @@ def sample(probs: Tensor, key: Tensor) -> Tensor:
     return (probs.to(torch.float64) / noise).argmax(-1)
 
 
-def saguaro_q(q: Tensor, fanout: int | Tensor, c: float | Tensor) -> Tensor:
+def saguaro_q(
+    q: Float[Tensor, "B *rest V"], fanout: int | Int[Tensor, " B"], c: float | Float[Tensor, " B"]
+) -> Float[Tensor, "B *rest V"]:
     """Saguaro's proposal q': the top-`fanout` tokens of q [B, ..., V] scaled by C, renormalized.
 
     Lowering q on the tokens the speculation cache holds raises their residual mass, so the
@@ -193,7 +200,9 @@ def proposal_rows(
     return torch.where(point_mass.reshape(-1, 1, 1), one_hot, q)
 
 
-def acceptance_probs(p: Tensor, q: Tensor, tokens: Tensor) -> Tensor:
+def acceptance_probs(
+    p: Float[Tensor, "B K1 V"], q: Float[Tensor, "B K V"], tokens: Int[Tensor, "B K"]
+) -> Float[Tensor, "B K"]:
     """min(1, p_i(s_i) / q_i(s_i)) for the K drafted tokens: [B, K]."""
     k = tokens.shape[1]
     px = p[:, :k].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -202,7 +211,9 @@ def acceptance_probs(p: Tensor, q: Tensor, tokens: Tensor) -> Tensor:
     return ratio.clamp(max=1)
 
 
-def residual(p: Tensor, q: Tensor, normalize: bool = True) -> Tensor:
+def residual(
+    p: Float[Tensor, "*rows V"], q: Float[Tensor, "*rows V"], normalize: bool = True
+) -> Float[Tensor, "*rows V"]:
     """norm(max(0, p - q)); falls back to p where that has no mass (a probability-0 event).
 
     Sampling needs no normalization (see :func:`sample`), which also keeps the result free of
@@ -216,11 +227,11 @@ def residual(p: Tensor, q: Tensor, normalize: bool = True) -> Tensor:
 
 
 def verify_chain(
-    p: Tensor,
-    q: Tensor | None,
-    tokens: Tensor,
-    key: Tensor,
-    point_mass: Tensor | None = None,
+    p: Float[Tensor, "B K1 V"],
+    q: Float[Tensor, "B K V"] | None,
+    tokens: Int[Tensor, "B K"],
+    key: Int[Tensor, "B 2"],
+    point_mass: Bool[Tensor, " B"] | None = None,
     greedy: bool = False,
 ) -> Verification:
     """Batched exact verification of K drafted tokens per row.
@@ -245,8 +256,11 @@ def verify_chain(
 
 
 def chain_law(
-    p: Tensor, q: Tensor | None, tokens: Tensor, point_mass: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+    p: Float[Tensor, "B K1 V"],
+    q: Float[Tensor, "B K V"] | None,
+    tokens: Int[Tensor, "B K"],
+    point_mass: Bool[Tensor, " B"] | None = None,
+) -> tuple[Float[Tensor, "B K1"], Float[Tensor, "B K1 V"]]:
     """The exact law of :func:`verify_chain`'s outcome given the drafts, no sampling.
 
     Returns (P(num_accepted = k) [B, K+1], law of next_token given num_accepted = k [B, K+1, V]),

@@ -4,6 +4,9 @@ They call the traceable model forward (no donation bookkeeping inside; `ssd.jit`
 donate around them), so each can be compiled whole with `torch.compile(fullgraph=True)` and
 replayed as a CUDA graph. Host-side code builds their index inputs (`ssd.kv`).
 
+Shapes are in the signatures (jaxtyping: B batch rows, Q query tokens, K draft length, K1 = K+1,
+M branches, V vocabulary); the tests check them at run time on eager calls.
+
 Random streams (per request key `k`): AR samples the token at position t with fold_in(k, t);
 drafts sample the token at position t with fold_in(fold_in(k, DRAFT), t), whichever path
 (draft chain, tree branch, backup) drafts it; verification of a round whose last committed
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ssd import random as rnd
@@ -35,7 +39,12 @@ from ssd.sampling import (
 DRAFT, VERIFY = 1, 2
 
 
-def sample_next(logits: Tensor, st: SamplingTensors, keys: Tensor, positions: Tensor) -> Tensor:
+def sample_next(
+    logits: Float[Tensor, "B V"],
+    st: SamplingTensors,
+    keys: Int[Tensor, "B 2"],
+    positions: Int[Tensor, " B"],
+) -> Int[Tensor, " B"]:
     """One token per row from logits [B, V]; row b draws with key fold_in(keys[b], positions[b]),
     its request's stream at the position the token will occupy. An all-greedy batch skips the
     transform and the noise; it picks the same token."""
@@ -53,12 +62,12 @@ def decode_step(
     params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    tokens: Tensor,
+    tokens: Int[Tensor, "B Q"],
     meta: AttentionMeta,
-    last: Tensor,
+    last: Int[Tensor, " B"],
     st: SamplingTensors,
-    keys: Tensor,
-) -> tuple[KVCache, Tensor]:
+    keys: Int[Tensor, "B 2"],
+) -> tuple[KVCache, Int[Tensor, " B"]]:
     """Feed tokens [B, Q] (a prompt, a prompt chunk or one new token per sequence), write their
     KV, and sample each sequence's next token from the logits at query index `last` [B].
 
@@ -74,7 +83,7 @@ prefill_step = decode_step
 
 
 def fill_step(
-    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Tensor, meta: AttentionMeta
+    params: Params, cfg: ModelConfig, kv: KVCache, tokens: Int[Tensor, "B Q"], meta: AttentionMeta
 ) -> KVCache:
     """Write the KV of tokens [B, Q] and compute no logits (the draft's prompt prefill)."""
     none = torch.zeros(tokens.shape[0], 0, dtype=torch.int64, device=tokens.device)
@@ -82,8 +91,11 @@ def fill_step(
 
 
 def proposal_probs(
-    logits: Tensor, st: SamplingTensors, fanout: Tensor | None, c: Tensor | None
-) -> Tensor:
+    logits: Float[Tensor, "B V"],
+    st: SamplingTensors,
+    fanout: Int[Tensor, " B"] | None,
+    c: Float[Tensor, " B"] | None,
+) -> Float[Tensor, "B V"]:
     """The draft's proposal q from its logits [B, ..., V]: the sampling transform, then Saguaro's
     rescale of the top-`fanout` tokens by `c` ([B] tensors) when given."""
     q = probs_from_logits(logits, st)
@@ -94,13 +106,13 @@ def draft_step(
     params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    tokens0: Tensor,
+    tokens0: Int[Tensor, "B 2"],
     metas: Sequence[AttentionMeta],
     st: SamplingTensors,
-    keys: Tensor,
-    fanout: Tensor | None = None,
-    c: Tensor | None = None,
-) -> tuple[KVCache, Tensor, Tensor | None]:
+    keys: Int[Tensor, "B 2"],
+    fanout: Int[Tensor, "B K"] | None = None,
+    c: Float[Tensor, " B"] | None = None,
+) -> tuple[KVCache, Int[Tensor, "B K"], Float[Tensor, "B K V"] | None]:
     """Draft K = len(metas) tokens per sequence with their proposal rows q.
 
     The first forward feeds `tokens0` [B, 2] = the token before the last committed one and the
@@ -130,12 +142,12 @@ def verify_step(
     params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    tokens: Tensor,
+    tokens: Int[Tensor, "B K1"],
     meta: AttentionMeta,
-    q: Tensor | None,
-    point_mass: Tensor | None,
+    q: Float[Tensor, "B K V"] | None,
+    point_mass: Bool[Tensor, " B"] | None,
     st: SamplingTensors,
-    keys: Tensor,
+    keys: Int[Tensor, "B 2"],
 ) -> tuple[KVCache, Verification]:
     """Target forward over [r, s_1..s_K] (tokens [B, K+1]) and exact chain verification against
     the proposal rows q [B, K, V] (point-mass rows where `point_mass` [B] is set)."""
@@ -146,8 +158,12 @@ def verify_step(
 
 
 def glue_step(
-    params: Params, cfg: ModelConfig, kv: KVCache, path: Tensor, meta: AttentionMeta
-) -> tuple[KVCache, Tensor]:
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    path: Int[Tensor, "B K1"],
+    meta: AttentionMeta,
+) -> tuple[KVCache, Float[Tensor, "B K1 V"]]:
     """Draft forward over the sent path [r, s_1..s_K]: writes its draft KV and returns the draft
     logits g [B, K+1, V] (g_j: after consuming r, s_1..s_j) that the fork ranks."""
     logits, kv = forward_unchecked(params, cfg, kv, path, meta)
@@ -158,13 +174,13 @@ def tree_step(
     params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    roots: Tensor,
+    roots: Int[Tensor, "B M"],
     metas: Sequence[AttentionMeta],
     st: SamplingTensors,
-    keys: Tensor,
-    fanout: Tensor | None = None,
-    c: Tensor | None = None,
-) -> tuple[KVCache, Tensor, Tensor | None]:
+    keys: Int[Tensor, "B 2"],
+    fanout: Int[Tensor, "B K"] | None = None,
+    c: Float[Tensor, " B"] | None = None,
+) -> tuple[KVCache, Int[Tensor, "B M K"], Float[Tensor, "B M K V"] | None]:
     """Decode K = len(metas) steps over all branches at once: roots [B, M] are the candidate
     recovery/bonus tokens; each branch is an independent chain (mask and positions in `metas`).
     Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome; q is

@@ -5,7 +5,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+import torch
+
 from ssd import LLM, SamplingParams
+from ssd import random as rnd
+from ssd.kv import alloc_kv_cache, step_meta
+from ssd.models import load_model
+from ssd.pytree import StaleStateError
+from ssd.sampling import SamplingTensors
 
 EXAMPLE = Path(__file__).parents[2] / "docs/examples/sd_loop.py"
 
@@ -31,3 +39,16 @@ def test_the_documented_loop_gives_the_engine_s_tokens(checkpoints):
             prompt, params, use_tqdm=False
         )
         assert got == want[0].token_ids
+
+
+def test_the_documented_steps_refuse_a_consumed_cache(checkpoints):
+    example = load_example()
+    model = load_model(checkpoints["llama"])
+    kv = alloc_kv_cache(model.cfg, 4, 16)
+    st = SamplingTensors.from_params([SamplingParams(temperature=0)])
+    args = (torch.tensor([[1, 2, 3]]), step_meta([[0]], [0], [3], 16), torch.tensor([2]), st)
+    key = rnd.key(torch.tensor([0]))
+    new_kv, _ = example.prefill_step(model.params, model.cfg, kv, *args, key)
+    with pytest.raises(StaleStateError, match="consumed by decode_step"):
+        example.prefill_step(model.params, model.cfg, kv, *args, key)
+    example.prefill_step(model.params, model.cfg, new_kv, *args, key)  # its successor is live

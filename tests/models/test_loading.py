@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 from ssd.models import CheckpointError, layer_shapes, load_model, load_tokenizer
-from ssd.tree import tree_leaves
+from ssd.pytree import tree_leaves
 
 UP = "model.layers.1.mlp.up_proj.weight"
 

@@ -11,7 +11,7 @@ import torch
 from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
 from ssd.kv import PageAllocator, alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import forward
-from ssd.tree import StaleStateError
+from ssd.pytree import StaleStateError
 
 NAMES = list(CHECKPOINTS)
 

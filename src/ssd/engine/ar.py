@@ -15,7 +15,6 @@ from ssd.kv import KVCache, PageAllocator, pack_tokens, step_meta
 from ssd.models.loading import Model
 from ssd.sampling import SamplingTensors
 from ssd.steps import decode_step
-from ssd.tree import donate
 
 _PAD_PARAMS = SamplingParams(temperature=0)
 
@@ -106,13 +105,13 @@ class ARRunner:
         seeds = torch.tensor([r.seed for r in batch] + [0] * pad, dtype=torch.int64)
         last = torch.tensor([n - 1 for n in lens] + [0] * pad, device=self.device)
         m = self.model
-        kv, nxt = self.step(
+        self.kv, nxt = self.step(
             m.params, m.cfg, self.kv, tokens, meta, last, st, rnd.key(seeds).to(self.device)
         )
-        self.kv = donate(self.kv, kv, "decode_step")
         return nxt.tolist()[: len(batch)]
 
 
-def make_step(mode: str) -> Step:
-    """`decode_step` under a jit mode; weights (arg 0) and KV pages (arg 2) persist."""
-    return Step(decode_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+def make_step(jit: str) -> Step:
+    """`decode_step` under a jit; weights (arg 0) and KV pages (arg 2) persist, the cache is
+    donated."""
+    return Step(decode_step, jit, persistent=(0, 2), donate=2)

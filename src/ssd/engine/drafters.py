@@ -20,13 +20,12 @@ from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
 from ssd.models.loading import Model
 from ssd.steps import draft_step, fill_step, glue_step, tree_step
-from ssd.tree import donate
 
 
 class DraftModel:
     """The draft model with its KV pages and compiled steps; all calls take a batch of requests."""
 
-    def __init__(self, model: Model, kv: KVCache, k: int, mode: str, max_len: int, extra: int):
+    def __init__(self, model: Model, kv: KVCache, k: int, jit: str, max_len: int, extra: int):
         self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
         self.extra = extra  # scratch slots past the sequence (glue + tree branches)
         self.alloc = PageAllocator(kv.num_pages, kv.page_size)
@@ -34,17 +33,14 @@ class DraftModel:
         # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
         self.pad_table = self.alloc.ensure([], extra)
         self.device = kv.k_pages.device
-        self._forward = Step(glue_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
-        self._fill = Step(fill_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
-        self._draft = Step(draft_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
-        self._tree = Step(tree_step, mode, persistent=(0, 2))  # type: ignore[arg-type]
+        self._forward, self._fill, self._draft, self._tree = (
+            Step(fn, jit, persistent=(0, 2), donate=2)
+            for fn in (glue_step, fill_step, draft_step, tree_step)
+        )
 
     def _tables(self, batch: Sequence[Request], b: int) -> tuple[list[list[int]], int]:
         tables = [self.pages[r.id] for r in batch] + [[]] * (b - len(batch))
         return tables, pow2(max(len(t) for t in tables))
-
-    def _donate(self, kv: KVCache, step: str) -> None:
-        self.kv = donate(self.kv, kv, step)
 
     def admit(self, reqs: Sequence[Request]) -> None:
         for r in reqs:
@@ -64,8 +60,7 @@ class DraftModel:
         )
         tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
         m = self.model
-        kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
-        self._donate(kv, "draft prefill")
+        self.kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
 
     def release(self, req: Request) -> None:
         self.alloc.release(self.pages.pop(req.id))
@@ -90,10 +85,9 @@ class DraftModel:
         seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
         tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
         m = self.model
-        kv, tokens, q = self._draft(
+        self.kv, tokens, q = self._draft(
             m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
         )
-        self._donate(kv, "draft_step")
         return tokens, q
 
     def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
@@ -112,8 +106,7 @@ class DraftModel:
             device=self.device,
         )
         m = self.model
-        kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
-        self._donate(kv, "glue_step")
+        self.kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
         return g
 
     def tree(
@@ -148,10 +141,9 @@ class DraftModel:
             for t in range(self.k)
         ]
         mo = self.model
-        kv, tokens, q = self._tree(
+        self.kv, tokens, q = self._tree(
             mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
         )
-        self._donate(kv, "tree_step")
         return tokens, q
 
 

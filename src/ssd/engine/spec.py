@@ -24,7 +24,6 @@ from ssd.jit import Step, pow2
 from ssd.kv import KVCache, step_meta
 from ssd.models.loading import Model
 from ssd.sampling import SamplingTensors
-from ssd.tree import donate
 
 PAD_PARAMS = SamplingParams(temperature=0)
 
@@ -170,8 +169,7 @@ class SpecRunner(ARRunner):
         q = None if spec.q is None else _pad_rows(spec.q, b)
         point = _pad_rows(spec.point_mass, b, fill=True)
         m = self.model
-        kv, out = self.verify(m.params, m.cfg, self.kv, tokens, meta, q, point, st, keys)
-        self.kv = donate(self.kv, kv, "verify_step")
+        self.kv, out = self.verify(m.params, m.cfg, self.kv, tokens, meta, q, point, st, keys)
         rows = torch.cat([out.num_accepted[:, None], out.next_token[:, None], drafted], 1)
         host = rows[: len(batch)].tolist()  # the round's one host synchronization
         return [h[0] for h in host], [h[1] for h in host], [h[2:] for h in host]

@@ -21,7 +21,7 @@ from ssd.attention import attention_mask, paged_attention
 from ssd.kernels import linear
 from ssd.kv import AttentionMeta, KVCache, write_kv
 from ssd.models.config import ModelConfig
-from ssd.tree import check_live, donate, pytree_dataclass
+from ssd.pytree import check_live, donate, pytree_dataclass
 
 FORWARD = "ssd.models.llama.forward"
 
@@ -226,7 +226,7 @@ def forward(
     `logits_at` [B, n] (query indices) computes logits only at those positions: ``[B, n, V]``
     (n = 0 writes the KV and computes no logits, as a prefill whose logits nobody reads).
     Writes this step's K/V into `kv`'s pages in place and consumes `kv`: use the returned cache;
-    reusing the old one raises :class:`ssd.tree.StaleStateError`. Logits of padding rows
+    reusing the old one raises :class:`ssd.pytree.StaleStateError`. Logits of padding rows
     (slot -1) are meaningless.
     """
     check_live(kv, FORWARD)

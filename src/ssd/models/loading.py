@@ -14,7 +14,7 @@ from torch import Tensor
 from ssd import kernels
 from ssd.models.config import CheckpointError, ModelConfig
 from ssd.models.llama import Params, layer_shapes, rope_inv_freq
-from ssd.tree import pytree_dataclass, static
+from ssd.pytree import pytree_dataclass, static
 
 # Storage dtypes we accept (cast to the requested dtype); quantized or integer ones are refused.
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ssd import tree
+from ssd import pytree as tree
 
 
 @tree.pytree_dataclass
@@ -60,3 +60,22 @@ def test_consumed_state_raises_and_names_the_step():
     with pytest.raises(tree.StaleStateError):
         tree.check_live(s1)
     tree.check_live(s2)
+
+
+def test_a_step_that_donates_its_state_refuses_it_afterwards():
+    from ssd.jit import Step
+
+    def grow(state: State, n: int) -> tuple[State, int]:
+        state.pages.add_(n)  # written in place, as KV pages are
+        return tree.replace(state, lengths=state.lengths + n), n
+
+    step = Step(grow, donate=0)
+    s0 = State(torch.zeros(2), torch.zeros(1), page_size=4)
+    s1, _ = step(s0, 1)
+    with pytest.raises(tree.StaleStateError, match="consumed by grow"):
+        step(s0, 1)
+    s2, _ = step(s1, 2)
+    assert tree.version(s2) == 2 and s2.pages.tolist() == [3.0, 3.0]
+    undonated = Step(grow)
+    undonated(s2, 1)
+    undonated(s2, 1)  # without donate nothing is tracked
