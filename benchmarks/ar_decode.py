@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             / (time_hf(hf, prompts, m, args.device) - time_hf(hf, prompts, 1, args.device))
         )
         rows.append((ours, ref, ours / ref))
-    mode = llm.runner.step.mode
+    mode = llm.runner.target.step.jit
     print(f"AR decode, batch 1, {len(prompts)} prompts x {m} tokens, {args.device} {dtype}, {mode}")
     print(f"{'repeat':>6} {'ssd tok/s':>10} {'HF tok/s':>10} {'ratio':>7}")
     for n, (a, b, r) in enumerate(rows):

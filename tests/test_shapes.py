@@ -13,8 +13,8 @@ import torch
 from beartype import beartype
 from jaxtyping import TypeCheckError, jaxtyped
 
-import ssd.engine.ar
-import ssd.engine.drafters
+import ssd.engine.draft_model
+import ssd.engine.target
 import ssd.llm
 import ssd.steps
 from helpers import random_tokens
@@ -23,8 +23,8 @@ from ssd import random as rnd
 from ssd.sampling import verify_chain
 
 STEPS = {
-    ssd.engine.ar: ["decode_step"],
-    ssd.engine.drafters: ["fill_step", "draft_step", "glue_step", "tree_step"],
+    ssd.engine.target: ["decode_step"],
+    ssd.engine.draft_model: ["fill_step", "draft_step", "glue_step", "tree_step"],
     ssd.llm: ["verify_step"],
     ssd.steps: ["probs_from_logits", "verify_chain", "draw", "sample", "saguaro_q"],
 }

@@ -11,11 +11,12 @@ import torch
 from tqdm import tqdm
 
 from ssd.config import SamplingParams
-from ssd.engine.ar import ARRunner, make_step
+from ssd.engine.ar import ARRunner
 from ssd.engine.drafters import DraftConfig, make_drafter
 from ssd.engine.remote import RemoteDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
 from ssd.engine.spec import SpecRunner
+from ssd.engine.target import TargetModel, make_step
 from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
 from ssd.models.config import ModelConfig
@@ -100,10 +101,11 @@ class LLM:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
+        target_model = TargetModel(
+            self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead
+        )
         if mode == "ar":
-            self.runner: ARRunner = ARRunner(
-                self.model, kv, make_step(jit_name), max_batch, self.max_len
-            )
+            self.runner: ARRunner | SpecRunner = ARRunner(target_model)
             return
         assert draft is not None
         draft_cfg = ModelConfig.from_pretrained(draft)
@@ -127,9 +129,7 @@ class LLM:
         )
         drafter = RemoteDrafter(dcfg) if draft_process else make_drafter(dcfg)
         verify = Step(verify_step, jit_name, persistent=(0, 2), donate=2)
-        self.runner = SpecRunner(
-            self.model, kv, make_step(jit_name), verify, drafter, max_batch, self.max_len
-        )
+        self.runner = SpecRunner(target_model, verify, drafter)
 
     def close(self) -> None:
         """Stop the draft process, if any."""

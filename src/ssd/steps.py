@@ -25,7 +25,7 @@ from torch import Tensor
 from ssd import random as rnd
 from ssd.kv import AttentionMeta, KVCache
 from ssd.models.config import ModelConfig
-from ssd.models.llama import Params, forward_unchecked
+from ssd.models.decoder import Params, forward_unchecked
 from ssd.sampling import (
     SamplingTensors,
     Verification,

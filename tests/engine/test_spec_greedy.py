@@ -9,10 +9,11 @@ import torch
 
 from helpers import hf_greedy, random_tokens
 from ssd import LLM, SamplingParams
-from ssd.engine.ar import make_step
 from ssd.engine.metrics import merge_all
 from ssd.engine.requests import Request
-from ssd.engine.spec import SpecRunner, Speculation
+from ssd.engine.spec import SpecRunner
+from ssd.engine.speculation import Speculation
+from ssd.engine.target import TargetModel, make_step
 from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
 from ssd.steps import verify_step
@@ -128,7 +129,8 @@ def test_oracle_drafter_forces_every_accepted_length(corrupt, checkpoints, refer
     drafter = OracleDrafter(k, corrupt, truth, llm.model.cfg.vocab_size)
     kv = alloc_kv_cache(llm.model.cfg, 64, 16)
     verify = Step(verify_step, "eager")
-    runner = SpecRunner(llm.model, kv, make_step("eager"), verify, drafter, 4, llm.max_len)
+    target = TargetModel(llm.model, kv, make_step("eager"), 4, llm.max_len, lookahead=k + 1)
+    runner = SpecRunner(target, verify, drafter)
     llm.runner = runner  # a research drafter plugged into the same request loop
     assert generate(llm, PROMPTS) == reference["llama"]
     m = runner.metrics.summary()

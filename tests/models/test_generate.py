@@ -88,13 +88,13 @@ def test_prompts_prefill_in_their_own_length_buckets(checkpoints):
     prompts = [random_tokens(n, seed=n) for n in (150, 5, 40)]
     llm = LLM(path, max_batch=4)
     widths = []
-    step = llm.runner.step
+    step = llm.runner.target.step
 
     def spy(*args):
         widths.append(args[3].shape[-1])
         return step(*args)
 
-    llm.runner.step = spy
+    llm.runner.target.step = spy
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     outs = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert sorted(w for w in widths if w > 1) == [16, 64, 256]

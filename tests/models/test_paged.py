@@ -111,7 +111,7 @@ def test_reusing_a_consumed_kv_cache_raises(models):
     tokens = pack_tokens([random_tokens(5, seed=10)])
     _, kv2 = forward(model.params, model.cfg, kv, tokens, meta)
     before = kv2.k_pages.clone()
-    with pytest.raises(StaleStateError, match=re.escape("consumed by ssd.models.llama.forward")):
+    with pytest.raises(StaleStateError, match=re.escape("consumed by ssd.models.decoder.forward")):
         forward(model.params, model.cfg, kv, tokens, meta)
     assert torch.equal(kv2.k_pages, before)  # the refused call wrote nothing
     step = step_meta([[0, 1]], [5], [1], page_size=4)

@@ -54,7 +54,7 @@ def test_llama3_scaling_changes_frequencies(models):
     """Guards the scaled checkpoint: its parity test would be vacuous if scaling were a no-op."""
     from dataclasses import replace
 
-    from ssd.models.llama import rope_inv_freq
+    from ssd.models.decoder import rope_inv_freq
 
     cfg = models["llama3_scaled_gqa4_tied"].cfg
     assert cfg.rope_scaling is not None

@@ -1,7 +1,8 @@
-"""Drafters: the draft model's side of a speculative round, for SD and SSD (Saguaro).
+"""Drafters: what to draft each round, for SD and SSD (Saguaro).
 
-A drafter owns the draft model, its own paged KV cache and pages, and (SSD) the speculation
-cache. The target never sees any of it: it receives a `Speculation` and returns the outcome.
+A drafter owns a `DraftModel` (the draft, its paged KV cache and steps) and, for SSD, the
+speculation cache. The target never sees any of it: it receives a `Speculation` and returns
+the outcome.
 """
 
 from __future__ import annotations
@@ -14,137 +15,10 @@ import torch
 from torch import Tensor
 
 from ssd import saguaro
+from ssd.engine.draft_model import DraftModel
 from ssd.engine.requests import Request
-from ssd.engine.spec import Speculation, batch_inputs
-from ssd.jit import Step, length_buckets, pow2
-from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
-from ssd.models.loading import Model
-from ssd.steps import draft_step, fill_step, glue_step, tree_step
-
-
-class DraftModel:
-    """The draft model with its KV pages and compiled steps; all calls take a batch of requests."""
-
-    def __init__(self, model: Model, kv: KVCache, k: int, jit: str, max_len: int, extra: int):
-        self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
-        self.extra = extra  # scratch slots past the sequence (glue + tree branches)
-        self.alloc = PageAllocator(kv.num_pages, kv.page_size)
-        self.pages: dict[int, list[int]] = {}
-        # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
-        self.pad_table = self.alloc.ensure([], extra)
-        self.device = kv.k_pages.device
-        self._forward, self._fill, self._draft, self._tree = (
-            Step(fn, jit, persistent=(0, 2), donate=2)
-            for fn in (glue_step, fill_step, draft_step, tree_step)
-        )
-
-    def _tables(self, batch: Sequence[Request], b: int) -> tuple[list[list[int]], int]:
-        tables = [self.pages[r.id] for r in batch] + [[]] * (b - len(batch))
-        return tables, pow2(max(len(t) for t in tables))
-
-    def admit(self, reqs: Sequence[Request]) -> None:
-        for r in reqs:
-            need = min(r.length + r.params.max_tokens, self.max_len) + self.extra
-            if -(-need // self.kv.page_size) > self.alloc.num_free:
-                raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
-            self.pages[r.id] = self.alloc.ensure([], need)
-        for q, rows in length_buckets([len(r.prompt) for r in reqs]):
-            self._prefill([reqs[i] for i in rows], q)
-
-    def _prefill(self, reqs: Sequence[Request], q: int) -> None:
-        b = pow2(len(reqs))
-        tables, mp = self._tables(reqs, b)
-        lens = [len(r.prompt) for r in reqs] + [0] * (b - len(reqs))
-        meta = step_meta(
-            tables, [0] * b, lens, self.kv.page_size, q_len=q, max_pages=mp, device=self.device
-        )
-        tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
-        m = self.model
-        self.kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
-
-    def release(self, req: Request) -> None:
-        self.alloc.release(self.pages.pop(req.id))
-
-    def draft(
-        self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """K drafted tokens [b, K] and their q rows [b, K, V] (None: greedy point masses)."""
-        b, st, keys = batch_inputs(batch, self.device)
-        pad = b - len(batch)
-        tables, mp = self._tables(batch, b)
-        ps = self.kv.page_size
-        real, zeros = len(batch), [0] * pad
-
-        def meta(offset: int, q: int) -> AttentionMeta:  # q tokens from position length + offset
-            starts = [r.length + offset for r in batch] + zeros
-            return step_meta(
-                tables, starts, [q] * real + zeros, ps, q_len=q, max_pages=mp, device=self.device
-            )
-
-        metas = [meta(-2, 2)] + [meta(d - 1, 1) for d in range(1, self.k)]
-        seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
-        tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
-        m = self.model
-        self.kv, tokens, q = self._draft(
-            m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
-        )
-        return tokens, q
-
-    def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
-        """Draft logits g [b, K+1, V] along the sent path [r, s_1..s_K] (writes its draft KV)."""
-        b = path.shape[0]
-        tables, mp = self._tables(batch, b)
-        lens = [self.k + 1] * len(batch) + [0] * (b - len(batch))
-        starts = [r.length - 1 for r in batch] + [0] * (b - len(batch))
-        meta = step_meta(
-            tables,
-            starts,
-            lens,
-            self.kv.page_size,
-            q_len=self.k + 1,
-            max_pages=mp,
-            device=self.device,
-        )
-        m = self.model
-        self.kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
-        return g
-
-    def tree(
-        self,
-        batch: Sequence[Request],
-        cands: saguaro.Candidates,
-        saguaro_f: Tensor | None,
-        c: Tensor | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]
-        (None: greedy point masses)."""
-        b, st, keys = batch_inputs(batch, self.device)
-        tables, mp = self._tables(batch, b)
-        tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
-        mp = max(mp, pow2(len(self.pad_table)))
-        depths = cands.depth.tolist()
-        prefix = [r.length - 1 for r in batch] + [0] * (b - len(batch))
-        scratch = [p + self.k + 1 for p in prefix]
-        m = len(depths[0])
-        metas = [
-            tree_meta(
-                tables,
-                prefix,
-                depths,
-                t,
-                scratch,
-                self.kv.page_size,
-                q_len=m,
-                max_pages=mp,
-                device=self.device,
-            )
-            for t in range(self.k)
-        ]
-        mo = self.model
-        self.kv, tokens, q = self._tree(
-            mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
-        )
-        return tokens, q
+from ssd.engine.speculation import Speculation, pad_rows
+from ssd.jit import pow2
 
 
 class SDDrafter:
@@ -152,6 +26,7 @@ class SDDrafter:
 
     def __init__(self, draft: DraftModel):
         self.d, self.k = draft, draft.k
+        self.vocab_size = draft.model.cfg.vocab_size
 
     def admit(self, reqs: Sequence[Request]) -> None:
         self.d.admit(reqs)
@@ -195,6 +70,17 @@ class _Cache:
     q: Tensor | None  # None: greedy point masses
 
 
+@dataclasses.dataclass
+class _Round:
+    """What SSD decided answering a round, read again when preparing the next one and when the
+    round's outcome comes back (`observe`)."""
+
+    hit: list[bool]
+    kind: str  # the backup that drafted the missed rows: "neural" or "fast"
+    branch: tuple[Tensor, Tensor] | None  # cache rows and branches the hits were read from
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 class SSDDrafter(SDDrafter):
     """Saguaro: answer each round from the speculation cache (backup on a miss), then build the
     cache for every likely outcome of the round just sent.
@@ -230,6 +116,7 @@ class SSDDrafter(SDDrafter):
         self.cache: _Cache | None = None
         self.outcome: dict[int, tuple[int, int]] = {}
         self.policy = saguaro.BackupPolicy()
+        self.round: _Round | None = None  # the round answered last, until its outcome arrives
 
     def observe(
         self,
@@ -238,17 +125,18 @@ class SSDDrafter(SDDrafter):
         token: Sequence[int],
         seconds: float,
     ) -> None:
-        pol = self.policy
-        for r, a, t, h in zip(batch, accepted, token, self._hit, strict=True):
+        pol, rd = self.policy, self.round
+        assert rd is not None, "observe() before speculate()"
+        for r, a, t, h in zip(batch, accepted, token, rd.hit, strict=True):
             self.outcome[r.id] = (a, t)
             if h and self.template is not None:
                 self._estimator(r.id).observe_round(a)
             pol.update("p_hit", float(h))
-            pol.update("e_hit" if h else f"e_{self._kind}", a + 1.0)
+            pol.update("e_hit" if h else f"e_{rd.kind}", a + 1.0)
         if seconds > 0:
-            pol.update("t_build", self._seconds["build"] / seconds)
-            if "neural" in self._seconds:
-                pol.update("t_neural", self._seconds["neural"] / seconds)
+            pol.update("t_build", rd.seconds["build"] / seconds)
+            if "neural" in rd.seconds:
+                pol.update("t_neural", rd.seconds["neural"] / seconds)
 
     def release(self, req: Request) -> None:
         super().release(req)
@@ -277,41 +165,45 @@ class SSDDrafter(SDDrafter):
     def answer(self, batch: Sequence[Request]) -> Speculation:
         dev, k = self.d.device, self.k
         b = pow2(len(batch))
-        hit = self._lookup(batch)
+        hit, branch = self._lookup(batch)
         kind = self.backup if self.backup != "auto" else self.policy.choose(len(batch))
         f, c = self._saguaro(batch, b)
-        self._hit, self._kind, self._seconds = hit, kind, {}
+        self.round = rd = _Round(hit, kind, branch)
         start = time.perf_counter()
         if all(hit):
-            assert self.cache is not None
-            tokens, q = self._from_cache(batch, hit)
+            assert branch is not None
+            tokens, q = self._from_cache(batch, branch)
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
             if kind == "neural":
                 tokens, q = self.d.draft(batch, f, c)
-                self._seconds["neural"] = time.perf_counter() - start
+                rd.seconds["neural"] = time.perf_counter() - start
             else:  # n-gram guesses: point masses, which need no q rows
                 guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch]
                 guesses += [[0] * k] * (b - len(batch))
                 tokens, q = torch.tensor(guesses, dtype=torch.int64, device=dev), None
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
-            if any(hit):
-                tokens, q, point = self._merge_hits(batch, hit, tokens, q, point)
+            if branch is not None and any(hit):
+                tokens, q, point = self._merge_hits(batch, hit, branch, tokens, q, point)
         return Speculation(tokens, q, point, list(hit))
 
     def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
+        rd = self.round
+        assert rd is not None, "prepare() before answer()"
         start = time.perf_counter()
-        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], self._kind)
-        self._seconds["build"] = time.perf_counter() - start
+        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], rd.kind)
+        rd.seconds["build"] = time.perf_counter() - start
 
-    def _lookup(self, batch: Sequence[Request]) -> list[bool]:
+    def _lookup(self, batch: Sequence[Request]) -> tuple[list[bool], tuple[Tensor, Tensor] | None]:
+        """Per row: does the cache hold the branch of last round's outcome; and where (cache
+        rows, branches) the hits are."""
         cache = self.cache
         if cache is None:
-            return [False] * len(batch)
+            return [False] * len(batch), None
         rows = [cache.rows.get(r.id, -1) for r in batch]
         known = [r.id in self.outcome and row >= 0 for r, row in zip(batch, rows, strict=True)]
         if not any(known):
-            return [False] * len(batch)
+            return [False] * len(batch), None
         idx = torch.tensor([max(row, 0) for row in rows], device=self.d.device)
         acc = torch.tensor(
             [self.outcome.get(r.id, (-1, -1))[0] for r in batch], device=self.d.device
@@ -321,26 +213,26 @@ class SSDDrafter(SDDrafter):
         )
         sub = saguaro.Candidates(cache.cands.token[idx], cache.cands.depth[idx])
         found = saguaro.lookup(sub, acc, tok, torch.tensor(known, device=self.d.device))
-        self._branch = idx, found.branch
         hits = [bool(h) for h in found.hit.tolist()]
         if self.template is not None:
             for r, ok, row, h, n in zip(batch, known, rows, hits, acc.tolist(), strict=True):
                 if ok and cache.primary[row]:
                     self._estimator(r.id).observe_lookup(h, cache.fanouts[row][n])
-        return hits
+        return hits, (idx, found.branch)
 
     def _merge_hits(
         self,
         batch: Sequence[Request],
         hit: list[bool],
+        branch: tuple[Tensor, Tensor],
         tokens: Tensor,
         q: Tensor | None,
         point: Tensor,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """The cached speculation on rows that hit, the backup's elsewhere. A row without q rows
         (a greedy cache, an n-gram guess) is verified as a point mass on its tokens."""
-        cached_t, cached_q = self._from_cache(batch, hit)
-        h = _pad(torch.tensor(hit, device=tokens.device), tokens.shape[0])
+        cached_t, cached_q = self._from_cache(batch, branch)
+        h = pad_rows(torch.tensor(hit, device=tokens.device), tokens.shape[0])
         tokens = torch.where(h[:, None], cached_t, tokens)
         point = torch.where(h, cached_q is None, point)
         if cached_q is not None:
@@ -349,13 +241,13 @@ class SSDDrafter(SDDrafter):
         return tokens, q, point
 
     def _from_cache(
-        self, batch: Sequence[Request], hit: list[bool]
+        self, batch: Sequence[Request], where: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor | None]:
         assert self.cache is not None
-        idx, branch = self._branch
+        idx, branch = where
         b = pow2(len(batch))
-        tokens = _pad(self.cache.tokens[idx, branch], b)
-        q = None if self.cache.q is None else _pad(self.cache.q[idx, branch], b)
+        tokens = pad_rows(self.cache.tokens[idx, branch], b)
+        q = None if self.cache.q is None else pad_rows(self.cache.q[idx, branch], b)
         return tokens, q
 
     def _build(self, batch: Sequence[Request], tokens: Tensor, hit: list[bool], kind: str) -> None:
@@ -376,14 +268,6 @@ class SSDDrafter(SDDrafter):
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
         rows = {x.id: i for i, x in enumerate(batch)}
         self.cache = _Cache(rows, primary, fanouts, cands, branch_tokens, branch_q)
-
-
-def _pad(x: Tensor, b: int) -> Tensor:
-    if x.shape[0] == b:
-        return x
-    return torch.cat(
-        [x, torch.zeros((b - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)]
-    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from ssd.engine.drafters import DraftConfig, make_drafter
 from ssd.engine.requests import Request
-from ssd.engine.spec import Speculation
+from ssd.engine.speculation import LocalDrafter, Speculation
 
 TARGET, DRAFT = 0, 1
 
@@ -140,7 +140,7 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None, timeout_s: float
         world_size=2,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    drafter = make_drafter(cfg)
+    drafter: LocalDrafter = make_drafter(cfg)
     mirrors: dict[int, Request] = {}
     drafted: dict[int, list[int]] = {}
     busy = 0.0
@@ -166,7 +166,7 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None, timeout_s: float
             {
                 "hit": spec.hit,
                 "has_q": spec.q is not None,
-                "shape": (*tokens.shape, drafter.d.model.cfg.vocab_size),
+                "shape": (*tokens.shape, drafter.vocab_size),
                 "busy": busy,
             },
             TARGET,

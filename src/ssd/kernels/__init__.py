@@ -6,7 +6,7 @@ fp32, which on CPUs without AVX-512 BF16 is several times faster than ATen's bf1
 row counts of decoding (1 to ~20), and it is batch-invariant (a row's result does not depend on
 the other rows). `cpu_attention.cpp` is the paged attention `ssd.attention` uses on such CPUs:
 it reads K/V pages in place instead of gathering them. `cpu_layer.cpp` runs a whole decoder
-layer in one call for bf16 activations (`ssd.models.llama` uses it where `fused_layers` holds),
+layer in one call for bf16 activations (`ssd.models.decoder` uses it where `fused_layers` holds),
 sparing the forty small ops between projections their dispatch from Python. The extension is
 compiled once per machine into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++ compiler).
 Where it cannot be built or used, everything falls back to ATen with a warning, and int8

@@ -4,7 +4,7 @@
 // write, casts, residuals); dispatched one by one from Python they cost as much as streaming a
 // 0.5B draft's layer weights. Here they are plain loops around the same linear and attention
 // kernels, rounding to bf16 wherever the op-by-op path stores a bf16 tensor, so the results are
-// those of `ssd.models.llama` up to the order of fp32 sums. Every row is computed alone: the
+// those of `ssd.models.decoder` up to the order of fp32 sums. Every row is computed alone: the
 // layer is batch-invariant like its kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

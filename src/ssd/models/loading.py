@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ssd import kernels
 from ssd.models.config import CheckpointError, ModelConfig
-from ssd.models.llama import Params, layer_shapes, rope_inv_freq
+from ssd.models.decoder import Params, layer_shapes, rope_inv_freq
 from ssd.pytree import pytree_dataclass, static
 
 # Storage dtypes we accept (cast to the requested dtype); quantized or integer ones are refused.

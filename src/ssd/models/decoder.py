@@ -23,7 +23,7 @@ from ssd.kv import AttentionMeta, KVCache, write_kv
 from ssd.models.config import ModelConfig
 from ssd.pytree import check_live, donate, pytree_dataclass
 
-FORWARD = "ssd.models.llama.forward"
+FORWARD = "ssd.models.decoder.forward"
 
 
 # Per-layer weights live in a dict of tensors stacked over layers ([L, ...]), keyed as below.

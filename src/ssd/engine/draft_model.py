@@ -1,0 +1,146 @@
+"""The draft model's side of a round: its paged KV cache and the steps that draft on it.
+
+`DraftModel` is the target's `TargetModel` twin; the drafters (`ssd.engine.drafters`) decide
+what to draft, this class runs it: prompt prefill, K-step drafting, the glue pass along a sent
+path and lock-step tree decoding over candidate branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ssd import saguaro
+from ssd.engine.requests import Request
+from ssd.engine.speculation import batch_inputs
+from ssd.jit import Step, length_buckets, pow2
+from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
+from ssd.models.loading import Model
+from ssd.steps import draft_step, fill_step, glue_step, tree_step
+
+
+class DraftModel:
+    """The draft model with its KV pages and compiled steps; all calls take a batch of requests."""
+
+    def __init__(self, model: Model, kv: KVCache, k: int, jit: str, max_len: int, extra: int):
+        self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
+        self.extra = extra  # scratch slots past the sequence (glue + tree branches)
+        self.alloc = PageAllocator(kv.num_pages, kv.page_size)
+        self.pages: dict[int, list[int]] = {}
+        # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
+        self.pad_table = self.alloc.ensure([], extra)
+        self.device = kv.k_pages.device
+        self._forward, self._fill, self._draft, self._tree = (
+            Step(fn, jit, persistent=(0, 2), donate=2)
+            for fn in (glue_step, fill_step, draft_step, tree_step)
+        )
+
+    def _tables(self, batch: Sequence[Request], b: int) -> tuple[list[list[int]], int]:
+        tables = [self.pages[r.id] for r in batch] + [[]] * (b - len(batch))
+        return tables, pow2(max(len(t) for t in tables))
+
+    def admit(self, reqs: Sequence[Request]) -> None:
+        for r in reqs:
+            need = min(r.length + r.params.max_tokens, self.max_len) + self.extra
+            if -(-need // self.kv.page_size) > self.alloc.num_free:
+                raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
+            self.pages[r.id] = self.alloc.ensure([], need)
+        for q, rows in length_buckets([len(r.prompt) for r in reqs]):
+            self._prefill([reqs[i] for i in rows], q)
+
+    def _prefill(self, reqs: Sequence[Request], q: int) -> None:
+        b = pow2(len(reqs))
+        tables, mp = self._tables(reqs, b)
+        lens = [len(r.prompt) for r in reqs] + [0] * (b - len(reqs))
+        meta = step_meta(
+            tables, [0] * b, lens, self.kv.page_size, q_len=q, max_pages=mp, device=self.device
+        )
+        tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
+        m = self.model
+        self.kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
+
+    def release(self, req: Request) -> None:
+        self.alloc.release(self.pages.pop(req.id))
+
+    def draft(
+        self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """K drafted tokens [b, K] and their q rows [b, K, V] (None: greedy point masses)."""
+        b, st, keys = batch_inputs(batch, self.device)
+        pad = b - len(batch)
+        tables, mp = self._tables(batch, b)
+        ps = self.kv.page_size
+        real, zeros = len(batch), [0] * pad
+
+        def meta(offset: int, q: int) -> AttentionMeta:  # q tokens from position length + offset
+            starts = [r.length + offset for r in batch] + zeros
+            return step_meta(
+                tables, starts, [q] * real + zeros, ps, q_len=q, max_pages=mp, device=self.device
+            )
+
+        metas = [meta(-2, 2)] + [meta(d - 1, 1) for d in range(1, self.k)]
+        seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
+        tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
+        m = self.model
+        self.kv, tokens, q = self._draft(
+            m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
+        )
+        return tokens, q
+
+    def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
+        """Draft logits g [b, K+1, V] along the sent path [r, s_1..s_K] (writes its draft KV)."""
+        b = path.shape[0]
+        tables, mp = self._tables(batch, b)
+        lens = [self.k + 1] * len(batch) + [0] * (b - len(batch))
+        starts = [r.length - 1 for r in batch] + [0] * (b - len(batch))
+        meta = step_meta(
+            tables,
+            starts,
+            lens,
+            self.kv.page_size,
+            q_len=self.k + 1,
+            max_pages=mp,
+            device=self.device,
+        )
+        m = self.model
+        self.kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
+        return g
+
+    def tree(
+        self,
+        batch: Sequence[Request],
+        cands: saguaro.Candidates,
+        saguaro_f: Tensor | None,
+        c: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]
+        (None: greedy point masses)."""
+        b, st, keys = batch_inputs(batch, self.device)
+        tables, mp = self._tables(batch, b)
+        tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
+        mp = max(mp, pow2(len(self.pad_table)))
+        depths = cands.depth.tolist()
+        prefix = [r.length - 1 for r in batch] + [0] * (b - len(batch))
+        scratch = [p + self.k + 1 for p in prefix]
+        m = len(depths[0])
+        metas = [
+            tree_meta(
+                tables,
+                prefix,
+                depths,
+                t,
+                scratch,
+                self.kv.page_size,
+                q_len=m,
+                max_pages=mp,
+                device=self.device,
+            )
+            for t in range(self.k)
+        ]
+        mo = self.model
+        self.kv, tokens, q = self._tree(
+            mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
+        )
+        return tokens, q

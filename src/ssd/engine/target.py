@@ -1,0 +1,108 @@
+"""The target model's side of the request loops: its KV pages, admission, prefill and decode.
+
+Both loops (`ARRunner`, `SpecRunner`) drive one `TargetModel`, as the drafters drive a
+`DraftModel` (`ssd.engine.draft_model`); the speculative loop adds verification on the same cache.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from ssd import random as rnd
+from ssd.engine.requests import Request
+from ssd.engine.speculation import PAD_PARAMS
+from ssd.jit import Step, length_buckets, pow2
+from ssd.kv import KVCache, PageAllocator, pack_tokens, step_meta
+from ssd.models.loading import Model
+from ssd.sampling import SamplingTensors
+from ssd.steps import decode_step
+
+
+class TargetModel:
+    """The target with its paged KV cache and its prefill/decode step.
+
+    Host side: which pages each request owns. Device side: one pure step per call, padded to
+    power-of-two buckets of (batch, query length, pages per sequence); prompts are prefilled
+    one query-length bucket at a time. `lookahead` is the KV room a request needs past its
+    tokens (K+1 for speculation).
+    """
+
+    def __init__(
+        self, model: Model, kv: KVCache, step: Step, max_batch: int, max_len: int, lookahead: int
+    ):
+        self.model, self.kv, self.step = model, kv, step
+        self.max_batch, self.max_len, self.lookahead = max_batch, max_len, lookahead
+        self.pages = PageAllocator(kv.num_pages, kv.page_size)
+        self.device = kv.k_pages.device
+
+    def admit(self, waiting: deque[Request], running: list[Request]) -> list[Request]:
+        """Start waiting requests while there is room; each reserves pages for its whole run."""
+        new = []
+        while waiting and len(running) < self.max_batch:
+            req = waiting[0]
+            need = min(req.length + req.params.max_tokens, self.max_len) + self.lookahead
+            if -(-need // self.kv.page_size) > self.pages.num_free:
+                if not running:
+                    raise RuntimeError(
+                        f"request {req.id} needs {need} KV slots, more than the whole cache "
+                        f"({self.kv.num_pages} pages of {self.kv.page_size}); raise num_pages"
+                    )
+                break
+            self.pages.ensure(req.pages, need)
+            new.append(waiting.popleft())
+            running.append(req)
+        return new
+
+    def release(self, req: Request) -> None:
+        self.pages.release(req.pages)
+
+    def prefill(self, batch: list[Request]) -> list[int]:
+        """Each request's prompt into the cache; returns the first token of each."""
+        out = [0] * len(batch)
+        for q, rows in length_buckets([len(r.prompt) for r in batch]):
+            group = [batch[i] for i in rows]
+            tokens = self._step(group, [r.prompt for r in group], [0] * len(group), q)
+            for i, t in zip(rows, tokens, strict=True):
+                out[i] = t
+        return out
+
+    def decode(self, batch: list[Request]) -> list[int]:
+        """Each request's last token into the cache; returns the next token of each."""
+        seqs = [[r.out[-1]] for r in batch]
+        return self._step(batch, seqs, [r.length - 1 for r in batch], q=1)
+
+    def _step(
+        self, batch: list[Request], seqs: list[list[int]], starts: list[int], q: int
+    ) -> list[int]:
+        """Feed `seqs` (at positions `starts`) to the batch, padded to (pow2 batch, q); returns
+        each request's next token, sampled from its last fed position."""
+        pad = pow2(len(batch)) - len(batch)
+        lens = [len(s) for s in seqs]
+        tables = [r.pages for r in batch] + [[]] * pad
+        meta = step_meta(
+            tables,
+            starts + [0] * pad,
+            lens + [0] * pad,
+            self.kv.page_size,
+            q_len=q,
+            max_pages=pow2(max(len(t) for t in tables)),
+            device=self.device,
+        )
+        tokens = pack_tokens(seqs + [[]] * pad, q_len=q).to(self.device)
+        params = [r.params for r in batch] + [PAD_PARAMS] * pad
+        st = SamplingTensors.from_params(params, device=self.device)
+        seeds = torch.tensor([r.seed for r in batch] + [0] * pad, dtype=torch.int64)
+        last = torch.tensor([n - 1 for n in lens] + [0] * pad, device=self.device)
+        m = self.model
+        self.kv, nxt = self.step(
+            m.params, m.cfg, self.kv, tokens, meta, last, st, rnd.key(seeds).to(self.device)
+        )
+        return nxt.tolist()[: len(batch)]
+
+
+def make_step(jit: str) -> Step:
+    """`decode_step` under a jit; weights (arg 0) and KV pages (arg 2) persist, the cache is
+    donated."""
+    return Step(decode_step, jit, persistent=(0, 2), donate=2)
