@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ssd.pytree import check_live, donate
+from ssd.pytree import donating
 
 JITS = ("eager", "compile", "cudagraph")
 
@@ -94,8 +94,9 @@ class Step:
             raise ValueError(f"jit must be one of {JITS}, got {jit!r}")
         if jit == "cudagraph" and not torch.cuda.is_available():
             raise ValueError("jit 'cudagraph' needs CUDA; use 'compile' or 'eager'")
-        self.fn, self.jit, self.persistent, self.donate = fn, jit, tuple(persistent), donate
-        self.name = getattr(fn, "__name__", "step")
+        self.fn, self.jit, self.persistent = fn, jit, tuple(persistent)
+        name = getattr(fn, "__name__", "step")
+        self._call = self._run if donate is None else donating(name, donate)(self._run)
         self._compiled = fn
         if jit != "eager":
             configure_inductor()
@@ -103,14 +104,9 @@ class Step:
         self._graphs: dict[tuple[Any, ...], _Graph] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if self.donate is not None:
-            check_live(args[self.donate], self.name)
-        out = self._run(args)
-        if self.donate is not None:
-            donate(args[self.donate], out[0] if isinstance(out, tuple) else out, self.name)
-        return out
+        return self._call(*args)
 
-    def _run(self, args: tuple[Any, ...]) -> Any:
+    def _run(self, *args: Any) -> Any:
         if self.jit != "cudagraph":
             return self._compiled(*args)
         key = _signature(args)

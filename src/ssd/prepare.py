@@ -480,14 +480,22 @@ def prepare_model(
                 "vocab_sha256": vocab_digest(build / "model"),
             }
             (build / "model" / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-            # Swap in by rename: the target is either absent, old, or complete, never half-new.
-            if target.exists():
-                target.rename(build / "old")
-            (build / "model").rename(target)
+            _swap_in(build / "model", target)
         finally:
             shutil.rmtree(build, ignore_errors=True)
     _log(progress, f"ready: {target}")
     return target
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename the complete directory `new` to `target`: the target is absent, old or complete,
+    never half-new."""
+    old = new.with_name(new.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_smollm2(
@@ -594,12 +602,7 @@ def assemble_draft(artifact_dir: Path, target_dir: Path, out_dir: Path) -> Path:
         if (target_dir / name).exists():
             shutil.copy2(target_dir / name, tmp / name)
     (tmp / MARKER).write_text(json.dumps({"artifact": str(artifact_dir)}) + "\n")
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        shutil.rmtree(old)
-    os.replace(tmp, out_dir)
+    _swap_in(tmp, out_dir)
     return out_dir
 
 

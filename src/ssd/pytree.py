@@ -106,16 +106,19 @@ def donate(old: Any, new: T, by: str) -> T:
     return new
 
 
-def donating(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator for a step `f(state, ...) -> (new_state, ...)` that writes `state` in place."""
+def donating(
+    name: str | None = None, argnum: int = 0
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a step that writes its positional argument `argnum` (a state) in place and
+    returns the successor first: `f(..., state, ...) -> (new_state, ...)`."""
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
         by = name or f.__name__
 
-        def step(state: Any, *args: Any, **kwargs: Any) -> Any:
-            check_live(state, by)
-            out = f(state, *args, **kwargs)
-            donate(state, out[0] if isinstance(out, tuple) else out, by)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            check_live(args[argnum], by)
+            out = f(*args, **kwargs)
+            donate(args[argnum], out[0] if isinstance(out, tuple) else out, by)
             return out
 
         step.__name__ = f.__name__

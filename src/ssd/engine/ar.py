@@ -28,5 +28,4 @@ class ARRunner:
                 done = req.append(tok, t.max_len)
                 yield req, 1
                 if done:
-                    t.release(req)
-                    running.remove(req)
+                    t.finish(req, running)

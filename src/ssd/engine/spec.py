@@ -31,8 +31,7 @@ class SpecRunner:
         self.metrics = SpecMetrics(self.k)
 
     def finish(self, req: Request, running: list[Request]) -> None:
-        self.target.release(req)
-        running.remove(req)
+        self.target.finish(req, running)
         self.drafter.release(req)
 
     def run(self, requests: Sequence[Request]) -> Iterator[tuple[Request, int]]:
@@ -56,8 +55,7 @@ class SpecRunner:
                 for req in admitted:
                     yield req, 1
                 for req in done:  # never reached the drafter
-                    self.target.release(req)
-                    running.remove(req)
+                    self.target.finish(req, running)
                 continue
             start = time.perf_counter()
             batch = list(running)

@@ -55,8 +55,10 @@ class TargetModel:
             running.append(req)
         return new
 
-    def release(self, req: Request) -> None:
+    def finish(self, req: Request, running: list[Request]) -> None:
+        """The request is done: its pages are freed and it leaves `running`."""
         self.pages.release(req.pages)
+        running.remove(req)
 
     def prefill(self, batch: list[Request]) -> list[int]:
         """Each request's prompt into the cache; returns the first token of each."""

@@ -147,8 +147,25 @@ def _mlp_block(lp: LayerParams, x: Tensor) -> Tensor:
     return _proj(lp, "w_down", F.silu(gate) * up)
 
 
+def _layer(
+    lp: LayerParams,
+    cfg: ModelConfig,
+    kv: KVCache,
+    layer: int,
+    x: Tensor,
+    rope: tuple[Tensor, Tensor],
+    meta: AttentionMeta,
+    mask: Tensor,
+) -> Tensor:
+    """One decoder layer, op by op: attention and MLP blocks with pre-norms and residuals."""
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
+    return x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+
+
 _FUSED_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
-_FUSED_EXTRAS = ("bq", "bk", "bv", "bo", *(f"{n}_scale" for n in _FUSED_WEIGHTS if n[0] == "w"))
+_MATRICES = tuple(n for n in _FUSED_WEIGHTS if n.startswith("w"))
+_FUSED_EXTRAS = ("bq", "bk", "bv", "bo", *(f"{n}_scale" for n in _MATRICES))
 
 
 def _fused_layer(
@@ -161,7 +178,7 @@ def _fused_layer(
     meta: AttentionMeta,
     mask: Tensor,
 ) -> Tensor:
-    """The layer above (both blocks and residuals) as one native call (`ssd.kernels`)."""
+    """`_layer` as one native call (`ssd.kernels`), for bf16 activations on CPU."""
     return torch.ops.ssd_cpu.decoder_layer(
         x,
         [lp[name] for name in _FUSED_WEIGHTS],
@@ -196,16 +213,12 @@ def forward_unchecked(
     fused = (
         not cfg.qk_norm
         and kv.k_pages.dtype == torch.bfloat16
-        and kernels.fused_layers(x, [params.layers[name] for name in _FUSED_WEIGHTS[1:5]])
+        and kernels.fused_layers(x, [params.layers[name] for name in _MATRICES])
     )
+    run_layer = _fused_layer if fused else _layer
     for layer in range(cfg.num_hidden_layers):
         lp = {key: w[layer] for key, w in params.layers.items()}
-        if fused:
-            x = _fused_layer(lp, cfg, kv, layer, x, rope, meta, mask)
-            continue
-        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-        x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
-        x = x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+        x = run_layer(lp, cfg, kv, layer, x, rope, meta, mask)
     if logits_at is not None:  # the head is the largest matrix: apply it only where needed
         x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
     x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
