@@ -16,9 +16,10 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     _install(session, "test")
-    session.run(
-        "pytest", *session.posargs, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    )
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    session.run("pytest", *session.posargs, env=env)
+    if not session.posargs:  # the AVX2 kernels too, where the default build is AVX-512's
+        session.run("pytest", "-q", "tests/kernels", env={**env, "SSD_CPU_AVX512": "0"})
 
 
 @nox.session

@@ -1,6 +1,6 @@
 """Small-batch linear layers on CPU: ATen (bf16, fp32) against `ssd.kernels` (bf16, int8).
 
-Streams eight [8960, 1536] matrices (the Qwen2.5-1.5B MLP shape) per measurement and prints,
+Streams forty [8960, 1536] matrices (the Qwen2.5-1.5B MLP shape) per measurement and prints,
 for each row count M, GB/s of weight bytes and the median time per matrix. Decoding lives at
 M = 1 (AR, draft steps) and M = K + 1 (verification), SSD's tree steps at M = its budget.
 
@@ -34,10 +34,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rows", default="1,2,5,8,20,64")
+    ap.add_argument("--matrices", type=int, default=40, help="bf16 set of 1.1 GB: beyond the caches")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     native = prepare()
-    n, k, count = 8960, 1536, 8
+    n, k, count = 8960, 1536, args.matrices
     ws = [torch.randn(n, k).bfloat16() for _ in range(count)]
     ws32 = [w.float() for w in ws]
     q8 = [quantize_rows(w) for w in ws]

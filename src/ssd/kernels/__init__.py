@@ -39,8 +39,11 @@ def cpu_kernels_available() -> bool:
         return False
     from torch.utils.cpp_extension import load
 
-    # torch rebuilds when a source changes but not when a header does: key the folder on both
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()
+    flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", *_avx512_flags()]
+    # torch rebuilds when a source changes but not when a header does: key the folder on both,
+    # and on the flags (a cache directory may be shared by machines of different kinds)
+    sources = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
+    digest = hashlib.sha256(sources + " ".join(flags).encode()).hexdigest()
     root = Path(os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd")
     root = root / "kernels" / digest[:12]
     root.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,7 @@ def cpu_kernels_available() -> bool:
         load(
             name="ssd_cpu_kernels",
             sources=[str(p) for p in _SOURCES],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+            extra_cflags=flags,
             build_directory=str(root),
             is_python_module=False,
             verbose=False,
@@ -71,6 +74,17 @@ def _register_fake() -> None:
     @torch.library.register_fake("ssd_cpu::paged_attention")
     def _(q: Tensor, k: Tensor, v: Tensor, tables: Tensor, mask: Tensor, scale: float) -> Tensor:
         return torch.empty_like(q)
+
+
+def _avx512_flags() -> list[str]:
+    """Compiler flags for the AVX-512 BF16 and VNNI paths, where this CPU has both."""
+    cpu = torch.cpu
+    bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    vnni = getattr(cpu, "_is_vnni_supported", lambda: False)()
+    wanted = os.environ.get("SSD_CPU_AVX512", "1") != "0"  # benchmarks compare both builds
+    if not wanted or torch.backends.cpu.get_cpu_capability() != "AVX512" or not (bf16 and vnni):
+        return []
+    return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
 
 
 _native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant

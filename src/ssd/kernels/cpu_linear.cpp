@@ -17,6 +17,10 @@
 // one fp32 scale each (as llama.cpp's Q8_0), and each block's dot product is exact in integers
 // (vpmaddubsw + vpmaddwd): four times fewer instructions per weight byte than widening to fp32,
 // for an error of about 0.4% of a block's largest activation. Only drafts use int8 weights.
+//
+// Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), bf16 weights against bf16 x use
+// vdpbf16ps and int8 weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step;
+// both keep the fixed per-element order, so batch invariance holds within a build.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -43,9 +47,15 @@ constexpr int R = 4;  // weight rows per block
 // each row's bytes kAhead ahead (past a row's end: the next rows, which the next tile reads)
 // took [4864, 896] int8 matrices from 6.2-6.5 to 11.2-13.6 GB/s on two threads. bf16 rows
 // against one or two x rows showed no gain; against five (verification), where each byte costs
-// more FMAs and fewer loads are in flight, one thread went from 3.6-4.8 to 6.7-7.2 GB/s.
-constexpr int64_t kAhead = 2048;  // bytes, int8 rows
-constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x rows
+// more FMAs and fewer loads are in flight, one thread went from 3.6-4.8 to 6.7-7.2 GB/s. The
+// AVX-512 tiles read 64 bytes per row per step and prefetch at every row count: on a Xeon with
+// AVX-512 BF16, 8 KB ahead took bf16 [8960, 1536] at M = 1 from 19.8 to 22.4 GB/s (medians of
+// nine interleaved runs) and 4 KB took the int8 draft's matrices from 14.2 to 14.5 at M = 1 and
+// from 8.7 to 9.9 at M = 5.
+constexpr int64_t kAhead = 2048;  // bytes, int8 rows (AVX2)
+constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x rows (AVX2)
+constexpr int64_t kAhead512 = 8192;  // bytes, bf16 rows (AVX-512)
+constexpr int64_t kAhead8x512 = 4096;  // bytes, int8 rows (AVX-512)
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // Rows [m0, m0 + MT) of x against weight rows [n, n + RR): out[m, n + r] = dot(x[m], w[n + r]).
@@ -149,6 +159,74 @@ inline void single_q8(const int8_t* xq, const float* xs, const int8_t* w, float*
   for (int64_t m = 0; m < M; ++m) tile_q8<1, 1>(xq, xs, w, out, K, N, m, n);
 }
 
+#if SSD_AVX512
+// AVX-512 BF16: x rows that are bf16 values against bf16 weight rows, 32 pairs per vdpbf16ps.
+// bf16 products are exact in fp32, so this is the fp32 dot product of tile16 summed in another
+// (fixed) order, at a quarter of the instructions per weight byte.
+template <int MT, int RR>
+inline void tile_dp(const c10::BFloat16* xb, const c10::BFloat16* w, float* out, int64_t K,
+                    int64_t N, int64_t m0, int64_t n) {
+  __m512 acc[MT][RR];
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_ps();
+  const int64_t K32 = K / 32 * 32;
+  for (int64_t k = 0; k < K32; k += 32) {
+    __m512i wv[RR];
+    for (int r = 0; r < RR; ++r) {
+      wv[r] = _mm512_loadu_si512(w + (n + r) * K + k);
+      prefetch(w + (n + r) * K + k + kAhead512 / 2);
+    }
+    for (int i = 0; i < MT; ++i) {
+      const __m512i xv = _mm512_loadu_si512(xb + (m0 + i) * K + k);
+      for (int r = 0; r < RR; ++r)
+        acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh)xv, (__m512bh)wv[r]);
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) {
+      float s = _mm512_reduce_add_ps(acc[i][r]);
+      for (int64_t t = K32; t < K; ++t)
+        s += static_cast<float>(xb[(m0 + i) * K + t]) * static_cast<float>(w[(n + r) * K + t]);
+      out[(m0 + i) * N + n + r] = s;
+    }
+}
+
+// AVX-512 VNNI: the Q8 product of tile_q8, two blocks of 32 per step (K % 64 == 0); `xs16` holds
+// each pair of x blocks' scales as 8 copies of the first then 8 of the second, matching the
+// int32 lanes vpdpbusd fills (four bytes each).
+template <int MT, int RR>
+inline void tile_vnni(const int8_t* xq, const float* xs16, const int8_t* w, float* out,
+                      int64_t K, int64_t N, int64_t m0, int64_t n) {
+  const int64_t KB = K / 64;
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 acc[MT][RR];
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    __m512i wabs[RR];
+    __mmask64 neg[RR];
+    for (int r = 0; r < RR; ++r) {
+      const __m512i wv = _mm512_loadu_si512(w + (n + r) * K + kb * 64);
+      prefetch(w + (n + r) * K + kb * 64 + kAhead8x512);
+      wabs[r] = _mm512_abs_epi8(wv);
+      neg[r] = _mm512_movepi8_mask(wv);
+    }
+    for (int i = 0; i < MT; ++i) {
+      const __m512i xv = _mm512_loadu_si512(xq + (m0 + i) * K + kb * 64);
+      const __m512 sx = _mm512_loadu_ps(xs16 + ((m0 + i) * KB + kb) * 16);
+      for (int r = 0; r < RR; ++r) {
+        // |w| * (x * sign(w)) = w * x, as unsigned-by-signed byte products
+        const __m512i xs = _mm512_mask_sub_epi8(xv, neg[r], zero, xv);
+        const __m512i dots = _mm512_dpbusd_epi32(zero, wabs[r], xs);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), sx, acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < RR; ++r) out[(m0 + i) * N + n + r] = _mm512_reduce_add_ps(acc[i][r]);
+}
+#endif
+
 // One weight row at a time, for the N % R rows left over; same arithmetic per element.
 template <typename W>
 inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t M,
@@ -165,33 +243,37 @@ inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N,
 }
 
 // One block of R weight rows against x rows [m0, m0 + mt), mt <= 6: calls tile(MT, RR, m0, n')
-// with MT and RR as compile-time constants (RR weight rows per call: 4 for one or two x rows,
-// whose accumulators then still hide the FMA latency, 2 beyond so that MT * RR fit in registers).
-template <typename Tile>
+// with MT and RR as compile-time constants (RR weight rows per call: with 16 vector registers, 4
+// for one or two x rows, whose accumulators then still hide the FMA latency, 2 beyond so that
+// MT * RR fit; with 32 (`Wide`, AVX-512), 4 throughout).
+template <bool Wide, typename Tile>
 inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n) {
   using std::integral_constant;
   auto run = [&](auto MT, auto RR) {
     for (int r = 0; r < R; r += RR) tile(MT, RR, m0, n + r);
   };
+  using Four = integral_constant<int, 4>;
+  using Wider = std::conditional_t<Wide, Four, integral_constant<int, 2>>;
   switch (mt) {
-    case 1: run(integral_constant<int, 1>{}, integral_constant<int, 4>{}); return;
-    case 2: run(integral_constant<int, 2>{}, integral_constant<int, 4>{}); return;
-    case 3: run(integral_constant<int, 3>{}, integral_constant<int, 2>{}); return;
-    case 4: run(integral_constant<int, 4>{}, integral_constant<int, 2>{}); return;
-    case 5: run(integral_constant<int, 5>{}, integral_constant<int, 2>{}); return;
-    default: run(integral_constant<int, 6>{}, integral_constant<int, 2>{}); return;
+    case 1: run(integral_constant<int, 1>{}, Four{}); return;
+    case 2: run(integral_constant<int, 2>{}, Four{}); return;
+    case 3: run(integral_constant<int, 3>{}, Wider{}); return;
+    case 4: run(integral_constant<int, 4>{}, Wider{}); return;
+    case 5: run(integral_constant<int, 5>{}, Wider{}); return;
+    default: run(integral_constant<int, 6>{}, Wider{}); return;
   }
 }
 
 // out = x w^T: blocks of R weight rows in parallel, at least 16 blocks (64 rows) per task; within
 // a block the x rows go six at a time, so the block's weights come from memory once and from
 // cache after. The N % R rows left over go through `single`.
-template <typename Tile, typename Single>
+template <bool Wide = false, typename Tile, typename Single>
 void matmul(int64_t M, int64_t N, const Tile& tile, const Single& single) {
   const int64_t blocks = N / R;
   at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m = 0; m < M; m += 6) block(tile, std::min<int64_t>(6, M - m), m, b * R);
+      for (int64_t m = 0; m < M; m += 6)
+        block<Wide>(tile, std::min<int64_t>(6, M - m), m, b * R);
   });
   for (int64_t n = blocks * R; n < N; ++n) single(n);
 }
@@ -231,19 +313,39 @@ std::vector<float> permute16(const float* x, int64_t M, int64_t K) {
   return xp;
 }
 
+void add_bias(float* o, int64_t M, int64_t N, const c10::optional<at::Tensor>& bias) {
+  if (!bias.has_value()) return;
+  const at::Tensor bc = bias->to(at::kFloat).contiguous();
+  const float* bp = bc.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) o[m * N + n] += bp[n];
+}
+
 }  // namespace
 
 namespace ssd_kernels {
 
 void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
                 const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* o) {
+                float* o, bool x_bf16) {
   TORCH_CHECK(w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "ssd cpu linear: w must be a contiguous [N, K]");
   const int64_t N = w.size(0), K = w.size(1);
   if (w.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
+#if SSD_AVX512
+    if (x_bf16) {
+      const std::vector<c10::BFloat16> xb(xf, xf + M * K);  // exact: x holds bf16 values
+      const auto tile = [&](auto MT, auto RR, int64_t m0, int64_t n) {
+        tile_dp<decltype(MT)::value, decltype(RR)::value>(xb.data(), wp, o, K, N, m0, n);
+      };
+      matmul<true>(M, N, tile, [&](int64_t n) {
+        for (int64_t m = 0; m < M; ++m) tile_dp<1, 1>(xb.data(), wp, o, K, N, m, n);
+      });
+      return add_bias(o, M, N, bias);
+    }
+#endif
     const std::vector<float> xp = permute16(xf, M, K);
     matmul(
         M, N,
@@ -251,14 +353,30 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
           tile16<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n);
         },
         [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
-  } else {
-    TORCH_CHECK(w.scalar_type() == at::kChar && scale.has_value(),
-                "ssd cpu linear: weights must be bf16, or int8 with a scale per row");
-    const int8_t* wp = w.data_ptr<int8_t>();
-    if (K % 32 == 0) {
-      std::vector<int8_t> xq;
-      std::vector<float> xs;
-      quantize_q8(xf, M, K, xq, xs);
+    return add_bias(o, M, N, bias);
+  }
+  TORCH_CHECK(w.scalar_type() == at::kChar && scale.has_value(),
+              "ssd cpu linear: weights must be bf16, or int8 with a scale per row");
+  const int8_t* wp = w.data_ptr<int8_t>();
+  if (K % 32 == 0) {
+    std::vector<int8_t> xq;
+    std::vector<float> xs;
+    quantize_q8(xf, M, K, xq, xs);
+#if SSD_AVX512
+    if (K % 64 == 0) {
+      const int64_t KB = K / 64;
+      std::vector<float> xs16(M * KB * 16);
+      for (int64_t j = 0; j < M * KB; ++j)
+        for (int l = 0; l < 16; ++l) xs16[j * 16 + l] = xs[j * 2 + l / 8];
+      const auto tile = [&](auto MT, auto RR, int64_t m0, int64_t n) {
+        tile_vnni<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs16.data(), wp, o, K, N,
+                                                            m0, n);
+      };
+      matmul<true>(M, N, tile, [&](int64_t n) {
+        for (int64_t m = 0; m < M; ++m) tile_vnni<1, 1>(xq.data(), xs16.data(), wp, o, K, N, m, n);
+      });
+    } else
+#endif
       matmul(
           M, N,
           [&](auto MT, auto RR, int64_t m0, int64_t n) {
@@ -266,25 +384,19 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
                                                               m0, n);
           },
           [&](int64_t n) { single_q8(xq.data(), xs.data(), wp, o, K, N, M, n); });
-    } else {
-      matmul(
-          M, N,
-          [&](auto MT, auto RR, int64_t m0, int64_t n) {
-            tile<decltype(MT)::value, decltype(RR)::value>(xf, wp, o, K, N, m0, n);
-          },
-          [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
-    }
-    const at::Tensor sc = scale->to(at::kFloat).contiguous();
-    const float* sp = sc.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) o[m * N + n] *= sp[n];
+  } else {
+    matmul(
+        M, N,
+        [&](auto MT, auto RR, int64_t m0, int64_t n) {
+          tile<decltype(MT)::value, decltype(RR)::value>(xf, wp, o, K, N, m0, n);
+        },
+        [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
   }
-  if (bias.has_value()) {
-    const at::Tensor bc = bias->to(at::kFloat).contiguous();
-    const float* bp = bc.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) o[m * N + n] += bp[n];
-  }
+  const at::Tensor sc = scale->to(at::kFloat).contiguous();
+  const float* sp = sc.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) o[m * N + n] *= sp[n];
+  add_bias(o, M, N, bias);
 }
 
 }  // namespace ssd_kernels
@@ -299,7 +411,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, N}, x2.options());
-  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>());
+  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>(),
+                          x.scalar_type() == at::kBFloat16);
   auto shape = x.sizes().vec();
   shape.back() = N;
   return out.to(x.scalar_type()).view(shape);

@@ -4,12 +4,20 @@
 
 #include <cstdint>
 
+// The AVX-512 paths (BF16 dot products, VNNI) where the build targets them; AVX2 + FMA otherwise.
+#if defined(__AVX512BF16__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define SSD_AVX512 1
+#else
+#define SSD_AVX512 0
+#endif
+
 namespace ssd_kernels {
 
-// out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
+// out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32. x_bf16
+// says every x value is a bf16 value, which lets bf16 weights use the AVX-512 BF16 dot product.
 void linear_f32(const float* x, int64_t M, const at::Tensor& w,
                 const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* out);
+                float* out, bool x_bf16);
 
 // q [B, Q, H, D] against one layer's pages through the block tables, under `mask`.
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
