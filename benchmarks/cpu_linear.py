@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rows", default="1,2,5,8,20,64")
-    ap.add_argument("--matrices", type=int, default=40, help="bf16 set of 1.1 GB: beyond the caches")
+    ap.add_argument("--matrices", type=int, default=40, help="40: 1.1 GB of bf16, past the caches")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     native = prepare()
