@@ -34,12 +34,12 @@ void rms_norm(const float* x, const float* weight, int64_t T, int64_t n, float e
   });
 }
 
-// `linear` then the bf16 rounding of its output; x always holds bf16 values here.
+// `linear` then the bf16 rounding of its output.
 void project(const std::vector<float>& x, int64_t T, const at::Tensor& w,
              const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
              std::vector<float>& out) {
   out.resize(T * w.size(0));
-  ssd_kernels::linear_f32(x.data(), T, w, scale, bias, out.data(), /*x_bf16=*/true);
+  ssd_kernels::linear_f32(x.data(), T, w, scale, bias, out.data());
   for (float& v : out) v = bf(v);
 }
 

@@ -18,9 +18,9 @@
 // (vpmaddubsw + vpmaddwd): four times fewer instructions per weight byte than widening to fp32,
 // for an error of about 0.4% of a block's largest activation. Only drafts use int8 weights.
 //
-// Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), bf16 weights against bf16 x use
-// vdpbf16ps and int8 weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step;
-// both keep the fixed per-element order, so batch invariance holds within a build.
+// Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), the bf16 tiles run at 512 bits and int8
+// weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step; both keep a fixed
+// per-element order, so batch invariance holds within a build.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -47,16 +47,23 @@ constexpr int R = 4;  // weight rows per block
 // each row's bytes kAhead ahead (past a row's end: the next rows, which the next tile reads)
 // took [4864, 896] int8 matrices from 6.2-6.5 to 11.2-13.6 GB/s on two threads. bf16 rows
 // against one or two x rows showed no gain; against five (verification), where each byte costs
-// more FMAs and fewer loads are in flight, one thread went from 3.6-4.8 to 6.7-7.2 GB/s. The
-// AVX-512 tiles read 64 bytes per row per step and prefetch at every row count: on a Xeon with
-// AVX-512 BF16, 8 KB ahead took bf16 [8960, 1536] at M = 1 from 19.8 to 22.4 GB/s (medians of
-// nine interleaved runs) and 4 KB took the int8 draft's matrices from 14.2 to 14.5 at M = 1 and
-// from 8.7 to 9.9 at M = 5.
+// more FMAs and fewer loads are in flight, one thread went from 3.6-4.8 to 6.7-7.2 GB/s. On a
+// Xeon with AVX-512 (two threads, medians of nine interleaved runs over 1.1 GB of [8960, 1536]
+// bf16), the AVX-512 tiles do better asking the outer caches for the bytes the next block reads at
+// the same k and L1 for this row's bytes 1 KB on (`prefetch_ahead`): 18.6 -> 20.4 GB/s at M = 1 and
+// 13.9 -> 15.8 at M = 5 against a single L1 prefetch 8 KB on; the int8 draft's matrices 14.6 ->
+// 15.4 and 10.0 -> 11.0.
 constexpr int64_t kAhead = 2048;  // bytes, int8 rows (AVX2)
 constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x rows (AVX2)
-constexpr int64_t kAhead512 = 8192;  // bytes, bf16 rows (AVX-512)
-constexpr int64_t kAhead8x512 = 4096;  // bytes, int8 rows (AVX-512)
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+// AVX-512 tiles: the bytes the next block reads at this k (`next` elements on) into the outer
+// caches (hint T2), and this row's bytes 1 KB on into L1.
+template <typename W>
+inline void prefetch_ahead(const W* p, int64_t next) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + next), _MM_HINT_T2);
+  _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+}
 
 // Rows [m0, m0 + MT) of x against weight rows [n, n + RR): out[m, n + r] = dot(x[m], w[n + r]).
 // Each weight vector is widened to fp32 in registers and used for MT FMAs; MT * RR independent
@@ -160,64 +167,66 @@ inline void single_q8(const int8_t* xq, const float* xs, const int8_t* w, float*
 }
 
 #if SSD_AVX512
-// AVX-512 BF16: x rows that are bf16 values against bf16 weight rows, 32 pairs per vdpbf16ps.
-// bf16 products are exact in fp32, so this is the fp32 dot product of tile16 summed in another
-// (fixed) order, at a quarter of the instructions per weight byte.
+// AVX-512: tile16 at twice the width. Unpacking with zeros widens bf16 lanes {0-3, 8-11, 16-19,
+// 24-27} and {4-7, 12-15, 20-23, 28-31} of each 32; `xp` holds x permuted to match (permute32).
+// (vdpbf16ps would take bf16 x in one instruction per 32 pairs, but on the Xeons measured it
+// issues at a quarter of the FMA rate: slower from two x rows on.)
 template <int MT, int RR>
-inline void tile_dp(const c10::BFloat16* xb, const c10::BFloat16* w, float* out, int64_t K,
-                    int64_t N, int64_t m0, int64_t n) {
+inline void tile32(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
+                   int64_t m0, int64_t n) {
+  const __m512i zero = _mm512_setzero_si512();
   __m512 acc[MT][RR];
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_ps();
   const int64_t K32 = K / 32 * 32;
   for (int64_t k = 0; k < K32; k += 32) {
-    __m512i wv[RR];
+    __m512 lo[RR], hi[RR];
     for (int r = 0; r < RR; ++r) {
-      wv[r] = _mm512_loadu_si512(w + (n + r) * K + k);
-      prefetch(w + (n + r) * K + k + kAhead512 / 2);
+      const __m512i v = _mm512_loadu_si512(w + (n + r) * K + k);
+      prefetch_ahead(w + (n + r) * K + k, R * K);
+      lo[r] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v));
+      hi[r] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v));
     }
     for (int i = 0; i < MT; ++i) {
-      const __m512i xv = _mm512_loadu_si512(xb + (m0 + i) * K + k);
-      for (int r = 0; r < RR; ++r)
-        acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh)xv, (__m512bh)wv[r]);
+      const __m512 xl = _mm512_loadu_ps(xp + (m0 + i) * K + k);
+      for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_fmadd_ps(lo[r], xl, acc[i][r]);
+      const __m512 xh = _mm512_loadu_ps(xp + (m0 + i) * K + k + 16);
+      for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_fmadd_ps(hi[r], xh, acc[i][r]);
     }
   }
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < RR; ++r) {
       float s = _mm512_reduce_add_ps(acc[i][r]);
-      for (int64_t t = K32; t < K; ++t)
-        s += static_cast<float>(xb[(m0 + i) * K + t]) * static_cast<float>(w[(n + r) * K + t]);
+      for (int64_t t = K32; t < K; ++t) s += xp[(m0 + i) * K + t] * to_float(w[(n + r) * K + t]);
       out[(m0 + i) * N + n + r] = s;
     }
 }
 
-// AVX-512 VNNI: the Q8 product of tile_q8, two blocks of 32 per step (K % 64 == 0); `xs16` holds
-// each pair of x blocks' scales as 8 copies of the first then 8 of the second, matching the
-// int32 lanes vpdpbusd fills (four bytes each).
+// AVX-512 VNNI: the Q8 product of tile_q8, two blocks of 32 per step (K % 64 == 0), each block's
+// dot product exact in int32. vpdpbusd multiplies unsigned by signed bytes, so x goes in offset
+// by 128 (`xu` = xq + 128) against w as it is, starting from -128 * (sum of w) per lane: one
+// instruction per x row and weight row. `xs16` holds each pair of x blocks' scales as 8 copies
+// of the first then 8 of the second, matching the int32 lanes (four bytes each).
 template <int MT, int RR>
-inline void tile_vnni(const int8_t* xq, const float* xs16, const int8_t* w, float* out,
+inline void tile_vnni(const uint8_t* xu, const float* xs16, const int8_t* w, float* out,
                       int64_t K, int64_t N, int64_t m0, int64_t n) {
   const int64_t KB = K / 64;
-  const __m512i zero = _mm512_setzero_si512();
+  const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8(static_cast<char>(128));
   __m512 acc[MT][RR];
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_ps();
   for (int64_t kb = 0; kb < KB; ++kb) {
-    __m512i wabs[RR];
-    __mmask64 neg[RR];
+    __m512i wv[RR], base[RR];
     for (int r = 0; r < RR; ++r) {
-      const __m512i wv = _mm512_loadu_si512(w + (n + r) * K + kb * 64);
-      prefetch(w + (n + r) * K + kb * 64 + kAhead8x512);
-      wabs[r] = _mm512_abs_epi8(wv);
-      neg[r] = _mm512_movepi8_mask(wv);
+      wv[r] = _mm512_loadu_si512(w + (n + r) * K + kb * 64);
+      prefetch_ahead(w + (n + r) * K + kb * 64, R * K);
+      base[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv[r]));
     }
     for (int i = 0; i < MT; ++i) {
-      const __m512i xv = _mm512_loadu_si512(xq + (m0 + i) * K + kb * 64);
+      const __m512i xv = _mm512_loadu_si512(xu + (m0 + i) * K + kb * 64);
       const __m512 sx = _mm512_loadu_ps(xs16 + ((m0 + i) * KB + kb) * 16);
       for (int r = 0; r < RR; ++r) {
-        // |w| * (x * sign(w)) = w * x, as unsigned-by-signed byte products
-        const __m512i xs = _mm512_mask_sub_epi8(xv, neg[r], zero, xv);
-        const __m512i dots = _mm512_dpbusd_epi32(zero, wabs[r], xs);
+        const __m512i dots = _mm512_dpbusd_epi32(base[r], xv, wv[r]);
         acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), sx, acc[i][r]);
       }
     }
@@ -245,7 +254,7 @@ inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N,
 // One block of R weight rows against x rows [m0, m0 + mt), mt <= 6: calls tile(MT, RR, m0, n')
 // with MT and RR as compile-time constants (RR weight rows per call: with 16 vector registers, 4
 // for one or two x rows, whose accumulators then still hide the FMA latency, 2 beyond so that
-// MT * RR fit; with 32 (`Wide`, AVX-512), 4 throughout).
+// MT * RR fit; with 32 (`Wide`, AVX-512), 4 up to five x rows).
 template <bool Wide, typename Tile>
 inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n) {
   using std::integral_constant;
@@ -253,14 +262,15 @@ inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n) {
     for (int r = 0; r < R; r += RR) tile(MT, RR, m0, n + r);
   };
   using Four = integral_constant<int, 4>;
-  using Wider = std::conditional_t<Wide, Four, integral_constant<int, 2>>;
+  using Two = integral_constant<int, 2>;
+  using Wider = std::conditional_t<Wide, Four, Two>;
   switch (mt) {
     case 1: run(integral_constant<int, 1>{}, Four{}); return;
     case 2: run(integral_constant<int, 2>{}, Four{}); return;
     case 3: run(integral_constant<int, 3>{}, Wider{}); return;
     case 4: run(integral_constant<int, 4>{}, Wider{}); return;
     case 5: run(integral_constant<int, 5>{}, Wider{}); return;
-    default: run(integral_constant<int, 6>{}, Wider{}); return;
+    default: run(integral_constant<int, 6>{}, Two{}); return;
   }
 }
 
@@ -321,13 +331,27 @@ void add_bias(float* o, int64_t M, int64_t N, const c10::optional<at::Tensor>& b
     for (int64_t n = 0; n < N; ++n) o[m * N + n] += bp[n];
 }
 
+// x [M, K] with each full block of 32 reordered to the lanes `tile32` widens: the first four of
+// each eight, then the last four of each eight.
+std::vector<float> permute32(const float* x, int64_t M, int64_t K) {
+  std::vector<float> xp(x, x + M * K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k + 32 <= K; k += 32)
+      for (int g = 0; g < 4; ++g)
+        for (int j = 0; j < 4; ++j) {
+          xp[m * K + k + g * 4 + j] = x[m * K + k + g * 8 + j];
+          xp[m * K + k + 16 + g * 4 + j] = x[m * K + k + g * 8 + 4 + j];
+        }
+  return xp;
+}
+
 }  // namespace
 
 namespace ssd_kernels {
 
 void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
                 const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* o, bool x_bf16) {
+                float* o) {
   TORCH_CHECK(w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "ssd cpu linear: w must be a contiguous [N, K]");
   const int64_t N = w.size(0), K = w.size(1);
@@ -335,17 +359,16 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
     TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
 #if SSD_AVX512
-    if (x_bf16) {
-      const std::vector<c10::BFloat16> xb(xf, xf + M * K);  // exact: x holds bf16 values
-      const auto tile = [&](auto MT, auto RR, int64_t m0, int64_t n) {
-        tile_dp<decltype(MT)::value, decltype(RR)::value>(xb.data(), wp, o, K, N, m0, n);
-      };
-      matmul<true>(M, N, tile, [&](int64_t n) {
-        for (int64_t m = 0; m < M; ++m) tile_dp<1, 1>(xb.data(), wp, o, K, N, m, n);
-      });
-      return add_bias(o, M, N, bias);
-    }
-#endif
+    const std::vector<float> xp = permute32(xf, M, K);
+    matmul<true>(
+        M, N,
+        [&](auto MT, auto RR, int64_t m0, int64_t n) {
+          tile32<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n);
+        },
+        [&](int64_t n) {
+          for (int64_t m = 0; m < M; ++m) tile32<1, 1>(xp.data(), wp, o, K, N, m, n);
+        });
+#else
     const std::vector<float> xp = permute16(xf, M, K);
     matmul(
         M, N,
@@ -353,6 +376,7 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
           tile16<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n);
         },
         [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
+#endif
     return add_bias(o, M, N, bias);
   }
   TORCH_CHECK(w.scalar_type() == at::kChar && scale.has_value(),
@@ -365,15 +389,17 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
 #if SSD_AVX512
     if (K % 64 == 0) {
       const int64_t KB = K / 64;
+      std::vector<uint8_t> xu(M * K);
+      for (int64_t j = 0; j < M * K; ++j) xu[j] = static_cast<uint8_t>(xq[j] + 128);
       std::vector<float> xs16(M * KB * 16);
       for (int64_t j = 0; j < M * KB; ++j)
         for (int l = 0; l < 16; ++l) xs16[j * 16 + l] = xs[j * 2 + l / 8];
       const auto tile = [&](auto MT, auto RR, int64_t m0, int64_t n) {
-        tile_vnni<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs16.data(), wp, o, K, N,
+        tile_vnni<decltype(MT)::value, decltype(RR)::value>(xu.data(), xs16.data(), wp, o, K, N,
                                                             m0, n);
       };
       matmul<true>(M, N, tile, [&](int64_t n) {
-        for (int64_t m = 0; m < M; ++m) tile_vnni<1, 1>(xq.data(), xs16.data(), wp, o, K, N, m, n);
+        for (int64_t m = 0; m < M; ++m) tile_vnni<1, 1>(xu.data(), xs16.data(), wp, o, K, N, m, n);
       });
     } else
 #endif
@@ -411,8 +437,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
   const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, N}, x2.options());
-  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>(),
-                          x.scalar_type() == at::kBFloat16);
+  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>());
   auto shape = x.sizes().vec();
   shape.back() = N;
   return out.to(x.scalar_type()).view(shape);

@@ -13,11 +13,10 @@
 
 namespace ssd_kernels {
 
-// out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32. x_bf16
-// says every x value is a bf16 value, which lets bf16 weights use the AVX-512 BF16 dot product.
+// out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
 void linear_f32(const float* x, int64_t M, const at::Tensor& w,
                 const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* out, bool x_bf16);
+                float* out);
 
 // q [B, Q, H, D] against one layer's pages through the block tables, under `mask`.
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
