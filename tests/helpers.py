@@ -1,4 +1,4 @@
-"""Small drivers over the public API, shared by the model tests."""
+"""Tiny checkpoints and small helpers shared by the model tests."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
-
-from ssd.kv import KVCache, PageAllocator, alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import Model, forward
 
 COMMON: dict[str, Any] = dict(
     vocab_size=256,
@@ -72,53 +69,6 @@ CHECKPOINTS: dict[str, tuple[Any, Any, dict[str, Any]]] = {
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the largest |logit| of the reference `b`."""
     return float((a - b).abs().max() / b.abs().max())
-
-
-class Runner:
-    """A model, its paged cache, a page allocator and one block table per sequence."""
-
-    def __init__(
-        self,
-        model: Model,
-        batch: int,
-        num_pages: int = 48,
-        page_size: int = 4,
-        order: Sequence[int] | None = None,
-    ):
-        self.model = model
-        dtype = model.params.embed.dtype
-        self.kv: KVCache = alloc_kv_cache(model.cfg, num_pages, page_size, dtype)
-        self.alloc = PageAllocator(num_pages, page_size, order)
-        self.tables: list[list[int]] = [[] for _ in range(batch)]
-        self.lens = [0] * batch
-
-    @property
-    def page_size(self) -> int:
-        return self.kv.page_size
-
-    def feed(
-        self,
-        chunks: Sequence[Sequence[int]],
-        q_len: int | None = None,
-        max_pages: int | None = None,
-    ) -> list[torch.Tensor]:
-        """Append `chunks[b]` to sequence b in one forward; returns each sequence's logits."""
-        for b, chunk in enumerate(chunks):
-            self.alloc.ensure(self.tables[b], self.lens[b] + len(chunk))
-        meta = step_meta(
-            self.tables,
-            self.lens,
-            [len(c) for c in chunks],
-            self.page_size,
-            q_len=q_len,
-            max_pages=max_pages,
-        )
-        tokens = pack_tokens(chunks, meta.positions.shape[1])
-        logits, self.kv = forward(self.model.params, self.model.cfg, self.kv, tokens, meta)
-        self.last_logits = logits
-        for b, chunk in enumerate(chunks):
-            self.lens[b] += len(chunk)
-        return [logits[b, : len(c)] for b, c in enumerate(chunks)]
 
 
 def random_tokens(n: int, seed: int, vocab: int = 256) -> list[int]:

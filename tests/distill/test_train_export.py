@@ -11,9 +11,9 @@ from safetensors import safe_open
 from transformers import LlamaForCausalLM
 
 from ssd import prepare
-from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import forward, load_model
+from ssd.models import load_model
 from ssd.prepare import assemble_draft
+from ssd.scoring import score
 from ssd_tools.distill.data import collate, distill_loss, sampled_distill_loss
 from ssd_tools.distill.draft import ffn_importance, init_draft, save_artifact
 from ssd_tools.distill.teacher import Job, generate_shards, load_all
@@ -173,11 +173,9 @@ def test_saved_draft_reloads_with_identical_logits(
     m = load_model(hf_dir)
     assert m.cfg.num_hidden_layers == 3
     assert m.cfg.intermediate_size == (ffn or width)
-    kv = alloc_kv_cache(m.cfg, 2, 16)
-    meta = step_meta([[0]], [0], [len(tokens)], 16)
-    got, _ = forward(m.params, m.cfg, kv, pack_tokens([tokens]), meta)
+    got = score(m, tokens)
     assert torch.equal(hf, want)
-    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_assemble_refuses_another_target(tiny_target: Path, tmp_path: Path) -> None:

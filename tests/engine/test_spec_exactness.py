@@ -14,9 +14,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ssd import LLM, SamplingParams, reference, testing
-from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import forward, load_model
+from ssd.models import load_model
 from ssd.saguaro import Candidates
+from ssd.scoring import score
 
 V, N, K = 8, 3, 2
 PROMPT = [1, 5, 2]
@@ -54,10 +54,7 @@ def exact_target_law(path, params, dtype=torch.float32):
 
     def logits(prefix):
         seq = PROMPT + list(prefix)
-        kv = alloc_kv_cache(model.cfg, 4, 16, dtype=dtype)
-        meta = step_meta([[0, 1, 2, 3]], [0], [len(seq)], 16)
-        out, _ = forward(model.params, model.cfg, kv, pack_tokens([seq]), meta)
-        return out[0, len(seq) - 1].double()
+        return score(model, seq)[-1].double()
 
     return reference.exact_law(reference.TableModel(V, logits), (), N, params)
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import ssd.kernels
-from helpers import Runner, random_tokens, rel_err
+from helpers import random_tokens, rel_err
 from ssd import LLM, SamplingParams
 from ssd.kernels import cpu_kernels_available
 from ssd.models import load_model
 from ssd.models.quantize import quantize_int8
+from ssd.scoring import Scorer
 
 pytestmark = pytest.mark.skipif(
     not cpu_kernels_available(), reason="needs an x86 CPU with AVX2 and a C++ compiler"
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.skipif(
 NAMES = ["llama", "llama3_scaled_gqa4_tied", "llama_bias_gqa2", "qwen2"]
 
 
-def _feed_all(model, fused: bool, monkeypatch) -> tuple[list[torch.Tensor], Runner]:
+def _feed_all(model, fused: bool, monkeypatch) -> tuple[list[torch.Tensor], Scorer]:
     monkeypatch.setattr(ssd.kernels, "FUSED_LAYERS", fused)
-    r = Runner(model, batch=2)
+    r = Scorer(model, batch=2, page_size=4)
     outs = r.feed([random_tokens(9, seed=1), random_tokens(4, seed=2)])  # prefill, uneven
     outs += r.feed([random_tokens(5, seed=3), random_tokens(5, seed=4)])  # a verification
     outs += r.feed([[7], [9]])  # a decode step
@@ -45,7 +46,7 @@ def test_fused_layer_matches_op_by_op(name, int8, checkpoints, monkeypatch):
 def test_fused_verification_equals_one_by_one_decode_bitwise(name, checkpoints):
     model = load_model(checkpoints[name], dtype=torch.bfloat16)
     prefix, draft = random_tokens(9, seed=3), random_tokens(5, seed=4)
-    verify, decode = Runner(model, batch=1), Runner(model, batch=1)
+    verify, decode = Scorer(model, batch=1, page_size=4), Scorer(model, batch=1, page_size=4)
     verify.feed([prefix])
     decode.feed([prefix], max_pages=8)  # another page bucket too
     [at_once] = verify.feed([draft])

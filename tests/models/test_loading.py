@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
+from helpers import CHECKPOINTS, random_tokens, rel_err
 from ssd.models import CheckpointError, layer_shapes, load_model, load_tokenizer
 from ssd.pytree import tree_leaves
+from ssd.scoring import Scorer
 
 UP = "model.layers.1.mlp.up_proj.weight"
 
@@ -68,10 +69,10 @@ def test_bfloat16_load_runs_close_to_fp32(checkpoints, models):
     assert model.params.embed.dtype == torch.bfloat16
     assert model.params.inv_freq.dtype == torch.float32
     tokens = random_tokens(10, seed=1)
-    runner = Runner(model, batch=1)
+    runner = Scorer(model, batch=1, page_size=4)
     assert runner.kv.k_pages.dtype == torch.bfloat16
     [low] = runner.feed([tokens])
-    [ref] = Runner(models["qwen3_tied"], batch=1).feed([tokens])
+    [ref] = Scorer(models["qwen3_tied"], batch=1, page_size=4).feed([tokens])
     assert low.dtype == torch.float32
     assert rel_err(low, ref) <= 0.1
 

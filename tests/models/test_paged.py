@@ -8,10 +8,11 @@ import re
 import pytest
 import torch
 
-from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
+from helpers import CHECKPOINTS, random_tokens, rel_err
 from ssd.kv import PageAllocator, alloc_kv_cache, pack_tokens, step_meta
 from ssd.models import forward
 from ssd.pytree import StaleStateError
+from ssd.scoring import Scorer
 
 NAMES = list(CHECKPOINTS)
 
@@ -20,7 +21,10 @@ def test_shuffled_pages_equal_in_order_pages_bitwise(models):
     model = models["llama3_scaled_gqa4_tied"]
     order = list(range(48))
     random.Random(0).shuffle(order)
-    in_order, shuffled = Runner(model, batch=3), Runner(model, batch=3, order=order)
+    in_order, shuffled = (
+        Scorer(model, batch=3, page_size=4),
+        Scorer(model, batch=3, page_size=4, order=order),
+    )
     prompts = [random_tokens(n, seed=n) for n in (5, 14, 9)]
     outs = [r.feed(prompts) for r in (in_order, shuffled)]
     for step in range(3):
@@ -40,7 +44,7 @@ def test_verify_equals_one_by_one_decode(name, models):
     on a 576 x 1536 product, relative error of the logits <= 1.1e-6.)"""
     k = 4
     prefix, draft = random_tokens(9, seed=3), random_tokens(k + 1, seed=4)
-    verify, bucketed, unpadded = (Runner(models[name], batch=1) for _ in range(3))
+    verify, bucketed, unpadded = (Scorer(models[name], batch=1, page_size=4) for _ in range(3))
     for r in (verify, bucketed, unpadded):
         r.feed([prefix], max_pages=8)
     [at_once] = verify.feed([draft], q_len=k + 1, max_pages=8)
@@ -56,7 +60,7 @@ def test_verify_equals_one_by_one_decode(name, models):
 def test_masked_slots_contribute_exactly_nothing(models):
     """Large finite garbage in every slot a query may not see leaves the logits bitwise equal."""
     model = models["qwen3_tied"]
-    clean, dirty = Runner(model, batch=2), Runner(model, batch=2)
+    clean, dirty = Scorer(model, batch=2, page_size=4), Scorer(model, batch=2, page_size=4)
     prompts = [random_tokens(6, seed=5), random_tokens(11, seed=6)]
     for r in (clean, dirty):
         r.feed(prompts, max_pages=6)
@@ -79,7 +83,7 @@ def test_masked_slots_contribute_exactly_nothing(models):
 
 def test_padding_tokens_write_only_the_sink_page(models):
     model = models["llama"]
-    r = Runner(model, batch=2)
+    r = Scorer(model, batch=2, page_size=4)
     r.feed([random_tokens(3, seed=7), random_tokens(9, seed=8)], q_len=12)
     ps, kv = r.page_size, r.kv
     written = torch.zeros(kv.k_pages.shape[1] * ps, dtype=torch.bool)
@@ -97,10 +101,10 @@ def test_padding_tokens_write_only_the_sink_page(models):
 def test_sequence_with_no_tokens_gives_finite_rows(models):
     model = models["llama_bias_gqa2"]
     prompt = random_tokens(7, seed=9)
-    r = Runner(model, batch=2)
+    r = Scorer(model, batch=2, page_size=4)
     [with_empty, nothing] = r.feed([prompt, []])
     assert nothing.shape[0] == 0 and torch.isfinite(r.last_logits).all()
-    [alone] = Runner(model, batch=1).feed([prompt])
+    [alone] = Scorer(model, batch=1, page_size=4).feed([prompt])
     assert rel_err(with_empty, alone) <= 5e-6
 
 

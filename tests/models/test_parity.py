@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import CHECKPOINTS, Runner, random_tokens, rel_err
+from helpers import CHECKPOINTS, random_tokens, rel_err
+from ssd.scoring import Scorer
 
 NAMES = list(CHECKPOINTS)
 TOL = 1e-5  # max |diff| relative to the reference's max |logit|
@@ -17,7 +18,7 @@ CROSS_SHAPE_TOL = 5e-6
 @pytest.mark.parametrize("name", NAMES)
 def test_prefill_matches_transformers(name, models, hf_logits):
     tokens = random_tokens(21, seed=1)
-    [ours] = Runner(models[name], batch=1).feed([tokens])
+    [ours] = Scorer(models[name], batch=1, page_size=4).feed([tokens])
     ref = hf_logits(name, tokens)
     assert ours.shape == ref.shape == (21, 256)
     assert rel_err(ours, ref) <= TOL
@@ -26,7 +27,7 @@ def test_prefill_matches_transformers(name, models, hf_logits):
 @pytest.mark.parametrize("name", NAMES)
 def test_decode_after_prefill_matches_transformers(name, models, hf_logits):
     tokens = random_tokens(20, seed=2)
-    runner = Runner(models[name], batch=1)
+    runner = Scorer(models[name], batch=1, page_size=4)
     rows = runner.feed([tokens[:6]])[0]
     steps = [runner.feed([[t]])[0] for t in tokens[6:]]
     ours = torch.cat([rows, *steps])
@@ -37,12 +38,12 @@ def test_decode_after_prefill_matches_transformers(name, models, hf_logits):
 @pytest.mark.parametrize("name", ["llama", "qwen3_tied"])
 def test_ragged_batch_equals_each_sequence_alone(name, models):
     prompts = [random_tokens(n, seed=10 + n) for n in (3, 13, 7, 16)]
-    batch = Runner(models[name], batch=4)
+    batch = Scorer(models[name], batch=4, page_size=4)
     together = batch.feed(prompts)
     nxt = [random_tokens(2, seed=40 + b) for b in range(4)]
     together_decode = [batch.feed([[t[0]] for t in nxt]), batch.feed([[t[1]] for t in nxt])]
     for b, prompt in enumerate(prompts):
-        alone = Runner(models[name], batch=1)
+        alone = Scorer(models[name], batch=1, page_size=4)
         [ref] = alone.feed([prompt])
         assert rel_err(together[b], ref) <= CROSS_SHAPE_TOL
         for step in range(2):

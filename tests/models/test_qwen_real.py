@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from ssd import LLM, SamplingParams
-from ssd.kv import alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import forward
 from ssd.prepare import DEFAULT_PAIR, MODELS, PAIRS, cache_root, is_complete
+from ssd.scoring import score
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +67,10 @@ def test_prefill_logits_match_transformers(loaded):
     model = llm.model
     agree, total = 0, 0
     for ids in chats:
-        kv = alloc_kv_cache(model.cfg, 4, 64, dtype=torch.bfloat16)
-        meta = step_meta([list(range(4))], [0], [len(ids)], 64)
-        ours, _ = forward(model.params, model.cfg, kv, pack_tokens([ids]), meta)
+        ours = score(model, ids)
         with torch.no_grad():
             want = hf(torch.tensor([ids])).logits[0].float()
-        got = ours[0].float()
+        got = ours.float()
         err = ((got - want).abs().max() / want.abs().max()).item()
         assert err <= MAX_REL_ERR, f"relative logits error {err:.3f}"
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import Runner, random_tokens, rel_err
+from helpers import random_tokens, rel_err
 from ssd.kv import pack_tokens, tree_meta
 from ssd.models import forward
+from ssd.scoring import Scorer
 
 
 @pytest.mark.parametrize("name", ["llama3_scaled_gqa4_tied", "qwen3_tied"])
@@ -22,7 +23,7 @@ def test_tree_branches_equal_each_branch_run_alone(name, models, hf_logits):
         [random_tokens(steps, seed=30 + 10 * b + i) for i in range(len(ds))]
         for b, ds in enumerate(depths)
     ]
-    r = Runner(model, batch=2)
+    r = Scorer(model, batch=2, page_size=4)
     r.feed([p + g for p, g in zip(prefixes, glues, strict=True)])
     for b, ds in enumerate(depths):  # scratch region after the glue, on any free pages
         r.alloc.ensure(r.tables[b], scratch + steps * len(ds))

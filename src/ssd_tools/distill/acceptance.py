@@ -14,20 +14,15 @@ from collections.abc import Sequence
 import torch
 
 from ssd.engine.metrics import AcceptanceStats
-from ssd.kv import PageAllocator, alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import Model, forward
+from ssd.models import Model
+from ssd.scoring import score
 
 
 @torch.no_grad()
 def greedy_matches(draft: Model, prompt: Sequence[int], continuation: Sequence[int]) -> list[bool]:
     """matches[i]: the draft's argmax after prompt + continuation[:i] is continuation[i]."""
     seq = list(prompt) + list(continuation)
-    page = 16
-    kv = alloc_kv_cache(draft.cfg, -(-len(seq) // page), page, dtype=draft.params.embed.dtype)
-    table = PageAllocator(kv.num_pages, page).ensure([], len(seq))
-    meta = step_meta([table], [0], [len(seq) - 1], page)
-    logits, _ = forward(draft.params, draft.cfg, kv, pack_tokens([seq[:-1]]), meta)
-    pred = logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+    pred = score(draft, seq[:-1])[len(prompt) - 1 :].argmax(-1).tolist()
     return [p == t for p, t in zip(pred, continuation, strict=True)]
 
 

@@ -4,9 +4,9 @@ Generating is the expensive part of distillation on a CPU, and every generated t
 costs one target forward whose logits are the distillation signal at that position. So we
 record the top-k log-probabilities of every forward as we generate: prompt positions come
 from the (chunked) prefill, answer positions from the decode steps, and no second teacher
-pass is needed. The loop runs the `ssd` functional model on a paged KV cache (ragged prompts,
-no padding waste) with light continuous batching: new prompts are admitted whenever half the
-batch has finished.
+pass is needed. The loop feeds an `ssd.scoring.Scorer` (the functional model on a paged KV
+cache: ragged prompts, no padding waste) with light continuous batching: new prompts are
+admitted whenever half the batch has finished.
 
 Output: shards `gen-*.pt`, each a list of records {index, category, temperature, tokens
 (int32 [T]), prompt_len, top_idx (int32 [T-1, k]), top_lp (float32 [T-1, k])}. Row i is the
@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from ssd import random as rnd
 from ssd.config import SamplingParams
-from ssd.kv import KVCache, PageAllocator, alloc_kv_cache, pack_tokens, step_meta
-from ssd.models import Model, forward
+from ssd.models import Model
 from ssd.sampling import SamplingTensors
+from ssd.scoring import Scorer
 from ssd.steps import sample_next
 
 
@@ -47,7 +47,7 @@ class Job:
 class _Seq:
     job: Job
     tokens: list[int]
-    pages: list[int] = field(default_factory=list)
+    row: int = -1  # the scorer's row holding this sequence
     idx: list[torch.Tensor] = field(default_factory=list)
     lp: list[torch.Tensor] = field(default_factory=list)
     done: bool = False
@@ -83,18 +83,11 @@ def _finish(seq: _Seq) -> dict[str, Any]:
 class _Generator:
     def __init__(self, model: Model, batch: int, max_len: int, k: int, chunk_tokens: int):
         self.model, self.batch, self.k, self.chunk = model, batch, k, chunk_tokens
-        self.page = 16
-        pages = batch * -(-max_len // self.page) + 1
-        self.kv: KVCache = alloc_kv_cache(model.cfg, pages, self.page)
-        self.alloc = PageAllocator(pages, self.page)
+        page = 16
+        pages = batch * -(-max_len // page) + 1
+        self.scorer = Scorer(model, batch, num_pages=pages, page_size=page)
+        self.free_rows = list(range(batch))
         self.eos = set(model.cfg.eos_token_ids)
-
-    def _forward(self, seqs: list[_Seq], starts: list[int], feeds: list[list[int]]) -> Any:
-        meta = step_meta([s.pages for s in seqs], starts, [len(f) for f in feeds], self.page)
-        logits, self.kv = forward(
-            self.model.params, self.model.cfg, self.kv, pack_tokens(feeds), meta
-        )
-        return logits
 
     def _choose(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
         """Append each sequence's next token, drawn from last-position logits [B, V] with the
@@ -117,14 +110,14 @@ class _Generator:
         """Feed prompts in chunks of about `chunk_tokens` padded tokens (bounds the [B, Q, V]
         logits), shortest first so chunks pad little."""
         for s in seqs:
-            self.alloc.ensure(s.pages, len(s.job.prompt) + s.job.max_new)
+            s.row = self.free_rows.pop()
         done = 0
         while done < len(seqs):
             end = done + 1  # sorted by length: the group's last prompt is its longest
             while end < len(seqs) and (end + 1 - done) * len(seqs[end].job.prompt) <= self.chunk:
                 end += 1
             group = seqs[done:end]
-            logits = self._forward(group, [0] * len(group), [s.job.prompt for s in group])
+            logits = self.scorer.feed_rows([s.row for s in group], [s.job.prompt for s in group])
             last = []
             for b, s in enumerate(group):
                 n = len(s.job.prompt)
@@ -134,8 +127,8 @@ class _Generator:
             done += len(group)
 
     def decode(self, seqs: list[_Seq]) -> None:
-        starts = [len(s.tokens) - 1 for s in seqs]
-        logits = self._forward(seqs, starts, [[s.tokens[-1]] for s in seqs])[:, 0]
+        rows, feeds = [s.row for s in seqs], [[s.tokens[-1]] for s in seqs]
+        logits = self.scorer.feed_rows(rows, feeds)[:, 0]
         for b, s in enumerate(seqs):
             _record(s, logits[b : b + 1], self.k)
         self._choose(seqs, logits)
@@ -155,7 +148,8 @@ class _Generator:
                     self.decode(active)
             for s in [s for s in active if s.done]:
                 active.remove(s)
-                self.alloc.release(s.pages)
+                self.scorer.reset(s.row)
+                self.free_rows.append(s.row)
                 yield _finish(s)
 
 
