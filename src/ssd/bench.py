@@ -7,8 +7,8 @@ mode and prompt. AR, SD and the transformers modes get every core in this proces
 keeps all cores but the last, which its draft process gets; "SD on the target cores" runs SD
 on SSD's target cores alone (SSD's framing: one device more).
 
-Next to each figure: its ceiling, the tok/s the measured memory bandwidth allows for the bytes
-the mode streams per token (docs/performance.md): AR streams every weight but the input
+Next to each figure: its ceiling, the tok/s the measured memory bandwidth (the median of one
+measurement per repeat, since the machine's drifts) allows for the bytes the mode streams per token (docs/performance.md): AR streams every weight but the input
 embedding once per token; SD streams K draft passes and one verification per round of τ
 tokens; SSD K+1 draft passes (glue and tree) and one verification. The speed model's
 predicted ratio to AR (those byte counts with the measured τ) is printed beside the measured
@@ -233,7 +233,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     tok = load_tokenizer(target)
     prompts = specbench.chat_prompts(tok, args.num_prompts, args.prompts)
     cores = len(os.sched_getaffinity(0))
-    bw_all = bandwidth(cores)
     dtype = getattr(torch, args.dtype)
     b_target = weight_bytes(load_model(target, dtype=dtype))
     d = load_model(draft, dtype=torch.bfloat16 if args.draft_dtype == "int8" else dtype)
@@ -253,7 +252,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 first[mode.name, i] = time.perf_counter() - start
                 bar.update()
     speeds: dict[str, list[float]] = {mode.name: [] for mode in modes}
+    bws = []  # the machine's bandwidth drifts: measured once per repeat, between the modes
     for _ in range(args.repeats):
+        bws.append(bandwidth(cores))
         for mode in modes:
             decode = 0.0
             with placed(mode.cores):
@@ -266,6 +267,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     for engine in engines:
         engine.close()
+    bw_all = statistics.median(bws)
     result: dict[str, Any] = {
         "target": str(target),
         "draft": str(draft),
@@ -279,6 +281,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "cores": cores,
         "bandwidth_gb_s": bw_all,
+        "bandwidth_runs_gb_s": bws,
         "target_bytes": b_target,
         "draft_bytes": b_draft,
         "modes": {},
