@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ssd import kernels
+
 _MASK = 0xFFFFFFFF
 _PARITY = 0x1BD11BDA
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
@@ -82,11 +84,16 @@ def split(k: Tensor, n: int = 2) -> Tensor:
 
 
 def bits(k: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Two words of 32 random bits each, shape `k.shape[:-1] + shape`."""
+    """Two words of 32 random bits each, shape `k.shape[:-1] + shape`: Threefry of the counters
+    (0, j) for j in row-major order (on CPU, the same words from one native call)."""
     _check_key(k)
     n = 1
     for s in shape:
         n *= s
+    if kernels.native_on(k):
+        w0, w1 = torch.ops.ssd_cpu.threefry_bits(k.reshape(-1, 2), n)
+        out = (*k.shape[:-1], *shape)
+        return w0.view(out), w1.view(out)
     counter = torch.arange(n, dtype=torch.int64, device=k.device).reshape(shape)
     counter = counter.expand(*k.shape[:-1], *shape)
     return threefry2x32(k, torch.zeros_like(counter), counter)

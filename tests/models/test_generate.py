@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from helpers import CHECKPOINTS, hf_greedy, random_tokens
 from ssd import LLM, SamplingParams
@@ -79,6 +80,23 @@ def test_compiled_gives_the_same_tokens_as_eager(checkpoints):
     eager = LLM(path, max_batch=2, jit="eager").generate(PROMPTS[:2], params, use_tqdm=False)
     compiled = LLM(path, max_batch=2, jit="compile").generate(PROMPTS[:2], params, use_tqdm=False)
     assert [o.token_ids for o in compiled] == [o.token_ids for o in eager]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_give_the_same_tokens_as_compiled(checkpoints):
+    """Replaying captured graphs runs the compiled kernels: the tokens must match exactly."""
+    path = checkpoints["llama3_scaled_gqa4_tied"]
+    params = [
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_k=20, seed=4, max_tokens=12, ignore_eos=True),
+    ]
+    outs = {
+        jit: LLM(path, max_batch=2, jit=jit, device="cuda").generate(
+            PROMPTS[:2], params, use_tqdm=False
+        )
+        for jit in ("compile", "cudagraph")
+    }
+    assert [o.token_ids for o in outs["cudagraph"]] == [o.token_ids for o in outs["compile"]]
 
 
 def test_prompts_prefill_in_their_own_length_buckets(checkpoints):

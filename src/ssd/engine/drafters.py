@@ -27,6 +27,7 @@ class SDDrafter:
     def __init__(self, draft: DraftModel):
         self.d, self.k = draft, draft.k
         self.vocab_size = draft.model.cfg.vocab_size
+        self.busy_seconds = 0.0
 
     def admit(self, reqs: Sequence[Request]) -> None:
         self.d.admit(reqs)
@@ -45,8 +46,10 @@ class SDDrafter:
 
     def speculate(self, batch: Sequence[Request]) -> Speculation:
         """Answer the round, then prepare the next one (a remote worker replies in between)."""
+        start = time.perf_counter()
         spec = self.answer(batch)
         self.prepare(batch, spec)
+        self.busy_seconds = time.perf_counter() - start
         return spec
 
     def answer(self, batch: Sequence[Request]) -> Speculation:

@@ -39,6 +39,7 @@ class Drafter(Protocol):
     """What the target's loop (`SpecRunner`) asks of a drafter, in this process or another."""
 
     k: int
+    busy_seconds: float  # how long the draft worked on the last `speculate`'s answer and work
 
     def admit(self, reqs: Sequence[Request]) -> None:
         """Start drafting for new requests (their prompt is prefilled, r is in `req.out`)."""

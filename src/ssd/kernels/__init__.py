@@ -2,15 +2,16 @@
 
 `linear(x, w, b)` is `F.linear` except on x86 CPUs with AVX2 and FMA, where bf16 and int8
 weights go through `cpu_linear.cpp`: it streams the weights once per call and accumulates in
-fp32, which on CPUs without AVX-512 BF16 is several times faster than ATen's bf16 GEMM at the
-row counts of decoding (1 to ~20), and it is batch-invariant (a row's result does not depend on
-the other rows). `cpu_attention.cpp` is the paged attention `ssd.attention` uses on such CPUs:
-it reads K/V pages in place instead of gathering them. `cpu_layer.cpp` runs a whole decoder
-layer in one call for bf16 activations (`ssd.models.decoder` uses it where `fused_layers` holds),
-sparing the forty small ops between projections their dispatch from Python. The extension is
-compiled once per machine into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++ compiler).
-Where it cannot be built or used, everything falls back to ATen with a warning, and int8
-weights are widened on the fly.
+fp32, several times faster than ATen's bf16 GEMM at the row counts of decoding (1 to ~20), and
+batch-invariant (a row's result does not depend on the other rows). Where the CPU has AVX-512
+BF16 and VNNI the extension is built with them and the tiles run at 512 bits. `cpu_attention.cpp`
+is the paged attention `ssd.attention` uses on such CPUs: it reads K/V pages in place instead of
+gathering them. `cpu_layer.cpp` runs a whole decoder layer in one call for bf16 activations
+(`ssd.models.decoder` uses it where `fused_layers` holds), sparing the forty small ops between
+projections their dispatch from Python. `cpu_random.cpp` computes `ssd.random.bits` (Threefry
+words) in one call instead of a hundred tensor ops. The extension is compiled once per machine
+into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++ compiler). Where it cannot be built or
+used, everything falls back to ATen with a warning, and int8 weights are widened on the fly.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _HERE = Path(__file__).parent
-_SOURCES = [_HERE / f"cpu_{name}.cpp" for name in ("linear", "attention", "layer")]
+_SOURCES = [_HERE / f"cpu_{name}.cpp" for name in ("linear", "attention", "layer", "random")]
 _HEADERS = [_HERE / "simd.h", _HERE / "kernels.h"]
 
 
@@ -70,6 +71,10 @@ def _register_fake() -> None:
     @torch.library.register_fake("ssd_cpu::decoder_layer")
     def _(x: Tensor, *args: object) -> Tensor:
         return torch.empty_like(x)
+
+    @torch.library.register_fake("ssd_cpu::threefry_bits")
+    def _(key: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        return key.new_empty((key.shape[0], n)), key.new_empty((key.shape[0], n))
 
     @torch.library.register_fake("ssd_cpu::paged_attention")
     def _(q: Tensor, k: Tensor, v: Tensor, tables: Tensor, mask: Tensor, scale: float) -> Tensor:
