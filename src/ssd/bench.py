@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ssd import saguaro
 from ssd.config import SamplingParams
 from ssd.kernels import linear
 from ssd.models.loading import Model
@@ -390,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")
-    ap.add_argument("--backup", default="neural")
+    ap.add_argument("--backup", default="neural", choices=saguaro.BACKUPS)
     # On CPUs the tree steps are compute-bound (budget rows per draft forward): K+1 by default.
     ap.add_argument("--budget", type=int, default=None, help="SSD branches (default K+1)")
     ap.add_argument("--max-model-len", type=int, default=2048)

@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 from tqdm import tqdm
 
+from ssd import saguaro
 from ssd.config import SamplingParams
 from ssd.engine.ar import ARRunner
 from ssd.engine.drafters import DraftConfig, make_drafter
@@ -81,6 +82,8 @@ class LLM:
             raise ValueError(f"k (draft tokens per round) must be >= 1, got {k}")
         if not 0 < saguaro_c <= 1:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
+        if backup not in saguaro.BACKUPS:  # here, not first in a draft process
+            raise ValueError(f"backup must be one of {saguaro.BACKUPS}, got {backup!r}")
         self.mode = mode
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)

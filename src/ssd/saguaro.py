@@ -38,6 +38,9 @@ def geometric_fanout(budget: int, k: int, accept: float, power: float) -> list[i
     return f
 
 
+BACKUPS = ("neural", "fast", "auto")  # draft just in time, n-gram guess, chosen per round
+
+
 def backup_fanout(budget: int, k: int) -> list[int]:
     """After a fast-backup round the speculation is nearly always rejected at once: put the
     whole budget on depth 0."""

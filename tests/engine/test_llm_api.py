@@ -44,6 +44,8 @@ def test_mode_options_are_checked(checkpoints):
         LLM(path, draft=path, mode="ssd", k=2, fanout=[1, 1])
     with pytest.raises(ValueError, match="backup"):
         LLM(path, draft=path, mode="ssd", backup="random")
+    with pytest.raises(ValueError, match="backup"):  # before a draft process is started
+        LLM(path, draft=path, mode="ssd", backup="random", draft_process=True)
     with pytest.raises(ValueError, match="floating-point"):
         LLM(path, draft=path, mode="sd", draft_dtype="int64")
     with pytest.raises(ValueError, match="floating-point"):

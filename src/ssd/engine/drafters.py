@@ -111,8 +111,8 @@ class SSDDrafter(SDDrafter):
             raise ValueError(
                 f"fan-out needs K+1 = {self.k + 1} entries >= 0, not all 0; got {list(fanout)}"
             )
-        if backup not in ("neural", "fast", "auto"):
-            raise ValueError(f"backup must be 'neural', 'fast' or 'auto', got {backup!r}")
+        if backup not in saguaro.BACKUPS:
+            raise ValueError(f"backup must be one of {saguaro.BACKUPS}, got {backup!r}")
         self.fanout, self.c, self.backup = list(fanout), saguaro_c, backup
         self.budget = sum(fanout)
         self.fast_fanout = saguaro.backup_fanout(self.budget, self.k)
