@@ -26,23 +26,24 @@ def test_int8_weights_stream_about_a_quarter_of_fp32(models):
     assert 0.25 < ratio < 0.35  # int8 matrices plus fp32 scales, norms and biases
 
 
-def test_ceilings_follow_the_bytes_of_each_mode():
-    modes = [bench.Mode(name, lambda p, n: None, {0}) for name in ("ar", "sd", "ssd", "hf")]
-    result = {
-        "modes": {
-            "ar": {},
-            "sd": {"metrics": {"mean_accepted_length": 3.0}},
-            "ssd": {"metrics": {"mean_accepted_length": 3.0}},
-            "hf": {},
-        }
-    }
-    bench.ceilings(modes, result, b_target=300, b_draft=50, k=4, bw=1e-9 * 600)
+def test_ceilings_follow_the_bytes_of_each_mode_and_its_cores():
+    both, first = {0, 1}, {0}
+    placement = {"ar": both, "sd": both, "sd-target-cores": first, "ssd": first, "hf": both}
+    modes = [bench.Mode(name, lambda p, n: None, cores) for name, cores in placement.items()]
+    result = {"modes": {name: {} for name in placement}}
+    for name in ("sd", "sd-target-cores", "ssd"):
+        result["modes"][name]["metrics"] = {"mean_accepted_length": 3.0}
+    gb_s = 1e-9  # bandwidths in GB/s: one core 300 B/s, both 600
+    bench.ceilings(modes, result, b_target=300, b_draft=50, k=4, bw={1: 300 * gb_s, 2: 600 * gb_s})
     rows = result["modes"]
     assert rows["ar"]["ceiling_tok_s"] == pytest.approx(2.0)  # 600 B/s over 300 B a token
-    assert rows["sd"]["bytes_per_token"] == pytest.approx((4 * 50 + 300) / 3)
-    assert rows["ssd"]["bytes_per_token"] == pytest.approx((5 * 50 + 300) / 3)
-    assert rows["sd"]["model_x_ar"] == pytest.approx(300 / ((4 * 50 + 300) / 3))
     assert rows["hf"]["ceiling_tok_s"] == rows["ar"]["ceiling_tok_s"]
+    assert rows["sd"]["ceiling_tok_s"] == pytest.approx(3 * 600 / (4 * 50 + 300))
+    assert rows["sd-target-cores"]["ceiling_tok_s"] == pytest.approx(3 * 300 / (4 * 50 + 300))
+    # SSD: the target verifies 300 B on one core (1 s) while the draft streams 5 x 50 B on the
+    # other (0.83 s), 550 B over the shared bus (0.92 s): the target's core sets the round
+    assert rows["ssd"]["ceiling_tok_s"] == pytest.approx(3 / 1.0)
+    assert rows["sd"]["model_x_ar"] == pytest.approx((300 / 600) / ((4 * 50 + 300) / 600 / 3))
 
 
 def test_the_table_shows_every_mode_and_its_ratios():

@@ -203,24 +203,37 @@ def build_modes(
 
 
 def ceilings(
-    modes: list[Mode], result: dict[str, Any], b_target: int, b_draft: int, k: int, bw: float
+    modes: list[Mode],
+    result: dict[str, Any],
+    b_target: int,
+    b_draft: int,
+    k: int,
+    bw: dict[int, float],
 ) -> None:
-    """Per mode: bytes per token, the ceiling tok/s at bandwidth `bw`, predicted ratio to AR."""
+    """Per mode: bytes per token, the ceiling tok/s, predicted ratio to AR. `bw[n]` is the
+    bandwidth n cores reach: one core streams about half of what two do, so a mode's ceiling
+    is set by the cores it runs on, and SSD's round by the slower of its target (verifying on
+    its cores), its draft (K+1 passes on the last core) and the shared bus (both at once)."""
+    every = max(bw)
+    bps = {n: gb_s * 1e9 for n, gb_s in bw.items()}
     for mode in modes:
         row = result["modes"][mode.name]
         m = row.get("metrics") or {}
         tau = m.get("mean_accepted_length")
-        per_token: float | None = None
+        cores = bps[len(mode.cores)]
+        seconds: float | None = None  # per token, at the ceiling
         if mode.name in ("hf", "ar"):
-            per_token = b_target
+            seconds = b_target / cores
         elif mode.name.startswith("sd") and tau:
-            per_token = (k * b_draft + b_target) / tau
+            seconds = (k * b_draft + b_target) / cores / tau
         elif mode.name == "ssd" and tau:
-            per_token = ((k + 1) * b_draft + b_target) / tau
-        if per_token is not None:
-            row["bytes_per_token"] = per_token
-            row["ceiling_tok_s"] = bw * 1e9 / per_token
-            row["model_x_ar"] = b_target / per_token
+            draft = (k + 1) * b_draft
+            apart = max(b_target / cores, draft / bps[1])
+            seconds = max(apart, (draft + b_target) / bps[every]) / tau
+        if seconds is not None:
+            row["seconds_per_token_at_ceiling"] = seconds
+            row["ceiling_tok_s"] = 1 / seconds
+            row["model_x_ar"] = b_target / bps[every] / seconds
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,9 +266,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 first[mode.name, i] = time.perf_counter() - start
                 bar.update()
     speeds: dict[str, list[float]] = {mode.name: [] for mode in modes}
-    bws = []  # the machine's bandwidth drifts: measured once per repeat, between the modes
-    for _ in range(args.repeats):
-        bws.append(bandwidth(cores))
+    counts = sorted({1, cores} | {len(mode.cores) for mode in modes})
+    bws: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(args.repeats):  # the bandwidth drifts: measured once per repeat, between modes
+        for n in counts:
+            bws[n].append(bandwidth(n))
         for mode in modes:
             decode = 0.0
             with placed(mode.cores):
@@ -268,7 +283,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     for engine in engines:
         engine.close()
-    bw_all = statistics.median(bws)
+    bw = {n: statistics.median(v) for n, v in bws.items()}
     result: dict[str, Any] = {
         "target": str(target),
         "draft": str(draft),
@@ -281,7 +296,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": m,
         "repeats": args.repeats,
         "cores": cores,
-        "bandwidth_gb_s": bw_all,
+        "bandwidth_gb_s": bw[cores],
+        "bandwidth_by_cores_gb_s": bw,
         "bandwidth_runs_gb_s": bws,
         "target_bytes": b_target,
         "draft_bytes": b_draft,
@@ -302,8 +318,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 pairs = zip(s, speeds[ref], strict=True)
                 row[f"x_{ref}"] = statistics.median(a / b for a, b in pairs)
         result["modes"][mode.name] = row
-    ceilings(modes, result, b_target, b_draft, args.k, bw_all)
+    ceilings(modes, result, b_target, b_draft, args.k, bw)
     return result
+
+
+def _per_core(result: dict[str, Any]) -> str:
+    one = (result.get("bandwidth_by_cores_gb_s") or {}).get(1)
+    return f" ({one:.1f} on one core)" if one and result["cores"] > 1 else ""
 
 
 def table(result: dict[str, Any]) -> str:
@@ -312,12 +333,12 @@ def table(result: dict[str, Any]) -> str:
         f"{result['prompts']} prompts x {result['max_tokens']} tokens, T={result['temperature']}, "
         f"K={result['k']}, target {result['dtype']}, draft {result['draft_dtype']}, "
         f"{result['cores']} cores, {result['repeats']} interleaved repeats; bandwidth "
-        f"{result['bandwidth_gb_s']:.1f} GB/s; bytes/forward: target "
+        f"{result['bandwidth_gb_s']:.1f} GB/s{_per_core(result)}; bytes/forward: target "
         f"{result['target_bytes'] / 1e9:.2f} GB, draft {result['draft_bytes'] / 1e9:.2f} GB",
         f"{'mode':<24}{'tok/s':>7}{'spread':>8}{'x HF':>7}{'x asst':>7}{'x AR':>7}"
         f"{'model':>7}{'ceiling':>9}{'% ceil':>8}  acceptance / tau / hits",
         "  (x: median of per-repeat ratios; model: the speed model's x AR; ceiling: tok/s at "
-        "the measured bandwidth)",
+        "the bandwidth its cores reach)",
     ]
     for row in result["modes"].values():
         ceiling = row.get("ceiling_tok_s")
