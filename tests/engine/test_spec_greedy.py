@@ -80,6 +80,7 @@ class OracleDrafter:
     corrupt: int
     truth: dict[tuple[int, ...], list[int]]
     vocab: int
+    busy_seconds: float = 0.0
 
     def admit(self, reqs):
         pass
