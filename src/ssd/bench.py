@@ -7,12 +7,14 @@ mode and prompt. AR, SD and the transformers modes get every core in this proces
 keeps all cores but the last, which its draft process gets; "SD on the target cores" runs SD
 on SSD's target cores alone (SSD's framing: one device more).
 
-Next to each figure: its ceiling, the tok/s the measured memory bandwidth (the median of one
-measurement per repeat, since the machine's drifts) allows for the bytes the mode streams per
-token (docs/performance.md): AR streams every weight but the input embedding once per token;
-SD streams K draft passes and one verification per round of τ tokens; SSD K+1 draft passes
-(glue and tree) and one verification. The speed model's predicted ratio to AR (those byte
-counts with the measured τ) is printed beside the measured ratio.
+Next to each figure: its ceiling, the tok/s that the bandwidth of the mode's cores allows for
+the bytes it streams per token (docs/performance.md; bandwidth measured on one core and on all
+of them once per repeat, the median used, since the machine's drifts): AR streams every weight
+but the input embedding once per token; SD streams K draft passes and one verification per
+round of τ tokens; SSD's round is the slowest of its verification on the target's cores, its
+K+1 draft passes (glue and tree) on the last core, and both over the shared bus. The speed
+model's predicted ratio to AR (those byte counts with the measured τ) is printed beside the
+measured ratio.
 
     ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
         [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]

@@ -18,9 +18,9 @@
 // (vpmaddubsw + vpmaddwd): four times fewer instructions per weight byte than widening to fp32,
 // for an error of about 0.4% of a block's largest activation. Only drafts use int8 weights.
 //
-// Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), the bf16 tiles run at 512 bits and int8
-// weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step; both keep a fixed
-// per-element order, so batch invariance holds within a build.
+// Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), the bf16 tiles run at 512 bits and
+// int8 weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step; both keep a
+// fixed per-element order, so batch invariance holds within a build.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -49,10 +49,10 @@ constexpr int R = 4;  // weight rows per block
 // against one or two x rows showed no gain; against five (verification), where each byte costs
 // more FMAs and fewer loads are in flight, one thread went from 3.6-4.8 to 6.7-7.2 GB/s. On a
 // Xeon with AVX-512 (two threads, medians of nine interleaved runs over 1.1 GB of [8960, 1536]
-// bf16), the AVX-512 tiles do better asking the outer caches for the bytes the next block reads at
-// the same k and L1 for this row's bytes 1 KB on (`prefetch_ahead`): 18.6 -> 20.4 GB/s at M = 1 and
-// 13.9 -> 15.8 at M = 5 against a single L1 prefetch 8 KB on; the int8 draft's matrices 14.6 ->
-// 15.4 and 10.0 -> 11.0.
+// bf16), the AVX-512 tiles do better asking the outer caches for the bytes the next block reads
+// at the same k and L1 for this row's bytes 1 KB on (`prefetch_ahead`): 18.6 -> 20.4 GB/s at
+// M = 1 and 13.9 -> 15.8 at M = 5 against a single L1 prefetch 8 KB on; the int8 draft's
+// matrices 14.6 -> 15.4 and 10.0 -> 11.0.
 constexpr int64_t kAhead = 2048;  // bytes, int8 rows (AVX2)
 constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x rows (AVX2)
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
