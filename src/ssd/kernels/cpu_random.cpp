@@ -52,6 +52,8 @@ std::tuple<at::Tensor, at::Tensor> threefry_bits(const at::Tensor& key, int64_t 
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) { m.def("threefry_bits(Tensor key, int n) -> (Tensor, Tensor)"); }
+TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
+  m.def("threefry_bits(Tensor key, int n) -> (Tensor, Tensor)");
+}
 
 TORCH_LIBRARY_IMPL(ssd_cpu, CPU, m) { m.impl("threefry_bits", &threefry_bits); }
