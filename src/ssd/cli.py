@@ -108,9 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-MAX_K = 32
-
-
 def default_setup(device: str) -> dict:
     """How `ssd generate` runs the default pair on `device` ("cpu" or "cuda"): the speculative
     mode that is fastest there, as LLM options plus the `reason` for the choice."""
@@ -134,6 +131,8 @@ def default_setup(device: str) -> dict:
 
 def _generate_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the `generate` arguments, checked before anything is loaded."""
+    from ssd.config import MAX_K
+
     if not args.prompts:
         return "a prompt is needed: ssd generate [options] PROMPT [PROMPT ...]"
     if args.k is not None and not 1 <= args.k <= MAX_K:

@@ -1,10 +1,14 @@
-"""User-facing configuration: sampling parameters (vLLM's names and meanings)."""
+"""User-facing configuration: sampling parameters (vLLM's names and meanings) and limits."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Sequence
+
+# Draft tokens per round: past a few dozen, the chance that a round accepts them all (a^K) is
+# nil, while each round's draft passes and KV room grow with K.
+MAX_K = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +38,7 @@ class SamplingParams:
             f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}",
         )
         _require(
-            _is_int(self.top_k) and self.top_k >= 0,
+            is_int(self.top_k) and self.top_k >= 0,
             f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}",
         )
         _require(
@@ -46,15 +50,15 @@ class SamplingParams:
             f"min_p must be in [0, 1] (0 disables it), got {self.min_p!r}",
         )
         _require(
-            _is_int(self.max_tokens) and self.max_tokens >= 1,
+            is_int(self.max_tokens) and self.max_tokens >= 1,
             f"max_tokens must be an integer >= 1, got {self.max_tokens!r}",
         )
         _require(
-            self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+            self.seed is None or (is_int(self.seed) and 0 <= self.seed < 2**63),
             f"seed must be None or an integer in [0, 2**63), got {self.seed!r}",
         )
         _require(
-            all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
+            all(is_int(t) and t >= 0 for t in self.stop_token_ids),
             f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}",
         )
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
@@ -64,7 +68,7 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def _is_int(x: object) -> bool:
+def is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 

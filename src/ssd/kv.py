@@ -50,6 +50,12 @@ class KVCache:
         return self.k_pages.shape[1] - 1
 
 
+def kv_cache_bytes(cfg: ModelConfig, num_pages: int, page_size: int, dtype: torch.dtype) -> int:
+    """What `alloc_kv_cache` will take, to check before allocating."""
+    slots = cfg.num_hidden_layers * (num_pages + 1) * page_size
+    return 2 * slots * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
+
+
 def alloc_kv_cache(
     cfg: ModelConfig,
     num_pages: int,

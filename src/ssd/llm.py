@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -11,15 +12,15 @@ import torch
 from tqdm import tqdm
 
 from ssd import saguaro
-from ssd.config import SamplingParams
+from ssd.config import MAX_K, SamplingParams, is_int
 from ssd.engine.ar import ARRunner
-from ssd.engine.drafters import DraftConfig, make_drafter
+from ssd.engine.drafters import DraftConfig, draft_kv_pages, make_drafter
 from ssd.engine.remote import RemoteDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
 from ssd.engine.spec import SpecRunner
 from ssd.engine.target import TargetModel, make_step
 from ssd.jit import Step
-from ssd.kv import alloc_kv_cache
+from ssd.kv import alloc_kv_cache, kv_cache_bytes
 from ssd.models.config import ModelConfig
 from ssd.models.loading import load_model, load_tokenizer
 from ssd.steps import verify_step
@@ -41,7 +42,9 @@ class LLM:
     `draft_dtype="int8"` (int8 weights, bf16 activations: half the bytes of a bf16 draft). With
     `draft_process` the draft runs in its own process (on `draft_device`, or its own CPU core),
     answering each round and then building the next cache while the target verifies; otherwise
-    the same steps run in this process, one after the other. Call `close()` (or use
+    the same steps run in this process, one after the other; a draft process that dies or does
+    not answer a round within `draft_timeout_s` is stopped, and its requests finish in SD with
+    the draft in this process (`metrics["draft_failures"]` counts it). Call `close()` (or use
     `with LLM(...)`) to stop the draft process. `jit` is "eager", "compile" (torch.compile per
     shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
@@ -72,14 +75,13 @@ class LLM:
         num_pages: int | None = None,
         draft_process: bool = False,
         draft_device: str | None = None,
+        draft_timeout_s: float = 120.0,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
             raise ValueError(f"mode must be 'ar', 'sd' or 'ssd', got {mode!r}")
         if mode != "ar" and draft is None:
             raise ValueError(f"mode {mode!r} needs a draft checkpoint")
-        if k < 1:
-            raise ValueError(f"k (draft tokens per round) must be >= 1, got {k}")
         if not 0 < saguaro_c <= 1:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
         if backup not in saguaro.BACKUPS:  # here, not first in a draft process
@@ -90,15 +92,47 @@ class LLM:
         # The draft only proposes (verification is exact for any proposal), so its precision
         # is a speed choice: a bf16 draft next to an fp32 target is fine.
         draft_dtype = "int8" if draft_dtype == "int8" else _dtype(draft_dtype, dtype)
-        self.model = load_model(target, dtype=dtype, device=device)
-        cfg = self.model.cfg
-        self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)
+        # Every option is checked against the configs before any weight or page is allocated.
+        cfg = ModelConfig.from_pretrained(target)
         self.max_len = min(
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
+        _check_sizes(k, max_batch, self.max_len, page_size, num_pages, draft_timeout_s)
         jit_name = jit or ("cudagraph" if device.type == "cuda" else "eager")
         lookahead = 0 if mode == "ar" else k + 1
         pages = num_pages or max_batch * -(-(self.max_len + lookahead) // page_size)
+        kv_bytes = [(device, kv_cache_bytes(cfg, pages, page_size, dtype))]
+        dcfg = None
+        if mode != "ar":
+            assert draft is not None
+            draft_cfg = ModelConfig.from_pretrained(draft)
+            check_pair(cfg, None, draft_cfg, None)  # the vocabularies; tokenizers once loaded
+            _check_fanout(mode, k, fanout, budget, cfg.vocab_size)
+            dcfg = DraftConfig(
+                path=str(draft),
+                mode=mode,
+                k=k,
+                fanout=tuple(fanout or ()),
+                budget=budget or 4 * (k + 1),
+                accept=accept_estimate,
+                power=power,
+                saguaro_c=saguaro_c,
+                backup=backup,
+                dtype=str(draft_dtype).removeprefix("torch."),
+                device=str(draft_device or device),
+                jit=jit_name,
+                max_len=self.max_len,
+                max_batch=max_batch,
+                page_size=page_size,
+            )
+            kv_dtype = torch.bfloat16 if draft_dtype == "int8" else draft_dtype
+            assert isinstance(kv_dtype, torch.dtype)
+            draft_bytes = kv_cache_bytes(draft_cfg, draft_kv_pages(dcfg)[0], page_size, kv_dtype)
+            kv_bytes.append((torch.device(dcfg.device), draft_bytes))
+        _check_memory(kv_bytes)
+
+        self.model = load_model(target, dtype=dtype, device=device)
+        self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)
         kv = alloc_kv_cache(cfg, pages, page_size, dtype=dtype, device=device)
         eos = set(cfg.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -107,38 +141,23 @@ class LLM:
         target_model = TargetModel(
             self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead
         )
-        if mode == "ar":
+        if dcfg is None:
             self.runner: ARRunner | SpecRunner = ARRunner(target_model)
             return
-        assert draft is not None
-        draft_cfg = ModelConfig.from_pretrained(draft)
-        check_pair(cfg, self.tokenizer, draft_cfg, _tokenizer(draft, draft_cfg.vocab_size))
-        dcfg = DraftConfig(
-            path=str(draft),
-            mode=mode,
-            k=k,
-            fanout=tuple(fanout or ()),
-            budget=budget or 4 * (k + 1),
-            accept=accept_estimate,
-            power=power,
-            saguaro_c=saguaro_c,
-            backup=backup,
-            dtype=str(draft_dtype).removeprefix("torch."),
-            device=str(draft_device or device),
-            jit=jit_name,
-            max_len=self.max_len,
-            max_batch=max_batch,
-            page_size=page_size,
+        check_pair(cfg, self.tokenizer, draft_cfg, _tokenizer(dcfg.path, draft_cfg.vocab_size))
+        # A failed draft process hands its requests to SD with the draft in this process.
+        local = dataclasses.replace(dcfg, mode="sd", device=str(device))
+        drafter = (
+            RemoteDrafter(dcfg, timeout_s=draft_timeout_s) if draft_process else make_drafter(dcfg)
         )
-        drafter = RemoteDrafter(dcfg) if draft_process else make_drafter(dcfg)
         verify = Step(verify_step, jit_name, persistent=(0, 2), donate=2)
-        self.runner = SpecRunner(target_model, verify, drafter)
+        fallback = (lambda: make_drafter(local)) if draft_process else None
+        self.runner = SpecRunner(target_model, verify, drafter, fallback)
 
     def close(self) -> None:
         """Stop the draft process, if any."""
-        drafter = getattr(self.runner, "drafter", None)
-        if isinstance(drafter, RemoteDrafter):
-            drafter.close()
+        if isinstance(self.runner, SpecRunner):
+            self.runner.close()
 
     def __enter__(self) -> LLM:
         return self
@@ -203,9 +222,11 @@ class LLM:
             ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
             outputs.append(RequestOutput(request_id=i, prompt_token_ids=ids))
             try:
-                requests.append(
-                    make_request(i, ids, sp, self.model.cfg.vocab_size, self.max_len, self.eos_ids)
+                req = make_request(
+                    i, ids, sp, self.model.cfg.vocab_size, self.max_len, self.eos_ids
                 )
+                self.runner.target.check_fits(req)
+                requests.append(req)
             except ValueError as e:
                 outputs[i].finish_reason, outputs[i].error = "error", str(e)
         return outputs, requests
@@ -240,6 +261,69 @@ def _tokenizer(path: str | Path, vocab_size: int) -> Any:
     if not any((Path(path) / f).exists() for f in files):
         return None
     return load_tokenizer(path, vocab_size)
+
+
+def _check_sizes(
+    k: int,
+    max_batch: int,
+    max_len: int,
+    page_size: int,
+    num_pages: int | None,
+    draft_timeout_s: float,
+) -> None:
+    for name, value in (("max_batch", max_batch), ("page_size", page_size)):
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if num_pages is not None and (not is_int(num_pages) or num_pages < 1):
+        raise ValueError(f"num_pages must be an integer >= 1, got {num_pages!r}")
+    if max_len < 2:
+        raise ValueError(f"max_model_len must be >= 2 (a prompt token and one more), got {max_len}")
+    if not is_int(k) or not 1 <= k <= MAX_K:
+        raise ValueError(
+            f"k (draft tokens per round) must be an integer in [1, {MAX_K}], got {k!r}"
+        )
+    if k + 2 > max_len:
+        raise ValueError(
+            f"k={k}: a round of K+1 tokens after the prompt exceeds the context {max_len}"
+        )
+    if not draft_timeout_s > 0:
+        raise ValueError(f"draft_timeout_s must be > 0, got {draft_timeout_s!r}")
+
+
+def _check_fanout(
+    mode: str, k: int, fanout: Sequence[int] | None, budget: int | None, vocab: int
+) -> None:
+    """SSD's speculation-cache shape: at most `vocab` branches per position (there are no more
+    distinct outcomes), so at most (K+1) * vocab in all."""
+    if mode != "ssd" and (fanout is not None or budget is not None):
+        raise ValueError(f"fanout and budget shape SSD's speculation cache; mode is {mode!r}")
+    if fanout is not None:
+        saguaro.check_fanout(fanout, k, vocab)
+    if budget is not None and (not is_int(budget) or not 1 <= budget <= (k + 1) * vocab):
+        raise ValueError(
+            f"budget must be an integer in [1, (K+1) * vocab_size = {(k + 1) * vocab}], "
+            f"got {budget!r}"
+        )
+
+
+def _check_memory(needs: Sequence[tuple[torch.device, int]]) -> None:
+    """Refuse KV caches larger than their device's memory (all of it on CPU, where pages are
+    committed as they are written; what is free on a GPU)."""
+    by_device: dict[torch.device, int] = {}
+    for device, n in needs:
+        by_device[device] = by_device.get(device, 0) + n
+    for device, n in by_device.items():
+        if device.type == "cuda":
+            have, what = torch.cuda.mem_get_info(device)[0], "free on"
+        elif device.type == "cpu":
+            have, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "in"
+        else:
+            continue
+        if n > have:
+            raise ValueError(
+                f"the KV caches need {n / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                f"{what} {device}: lower max_batch, max_model_len or num_pages (or k/budget)"
+            )
 
 
 def check_pair(target: ModelConfig, target_tok: Any, draft: ModelConfig, draft_tok: Any) -> None:

@@ -47,6 +47,18 @@ def backup_fanout(budget: int, k: int) -> list[int]:
     return [budget] + [0] * k
 
 
+def check_fanout(fanout: Sequence[int], k: int, vocab_size: int) -> None:
+    """A fixed fan-out: K+1 branch counts, each at most the vocabulary (there are no more
+    distinct outcomes at a position), not all 0."""
+    f = list(fanout)
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in f)
+    if len(f) != k + 1 or not ints or not all(0 <= x <= vocab_size for x in f) or sum(f) < 1:
+        raise ValueError(
+            f"fan-out needs K+1 = {k + 1} integers in [0, {vocab_size}] (the vocabulary), "
+            f"not all 0; got {f}"
+        )
+
+
 def fanout_rows(lists: Sequence[Sequence[int]]) -> Tensor:
     """Per-sequence fan-out lists (equal sums) as an int64 [B, K+1] tensor."""
     sums = {sum(f) for f in lists}

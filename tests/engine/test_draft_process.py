@@ -1,10 +1,14 @@
-"""The draft in its own process (gloo, pinned to its own core): the same tokens as one process.
+"""The draft in its own process (gloo, pinned to its own core): the same tokens as one process,
+and every request finished when that process dies or hangs.
 
 Every test has a timeout, and faulthandler dumps all stacks on a hang (pytest's
 faulthandler_timeout), since a mismatched send/recv blocks silently.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 
@@ -46,6 +50,41 @@ def test_sampled_tokens_match_the_single_process_engine(checkpoints):
     params = [SamplingParams(temperature=1.0, top_p=0.95, seed=s, max_tokens=20) for s in range(4)]
     options = {"mode": "ssd", "k": 3, "backup": "neural", "saguaro_c": 0.5, "max_batch": 4}
     local = LLM(target, draft=target, **options).generate(PROMPTS, params, use_tqdm=False)
-    with LLM(target, draft=target, draft_process=True, **options) as llm:
-        remote = llm.generate(PROMPTS, params, use_tqdm=False)
+    # Two engines with draft processes at once, in one process: private groups, no fixed port.
+    with (
+        LLM(target, draft=target, draft_process=True, **options) as one,
+        LLM(target, draft=target, draft_process=True, **options) as two,
+    ):
+        remote = one.generate(PROMPTS, params, use_tqdm=False)
+        other = two.generate(PROMPTS, params, use_tqdm=False)
+        workers = [one.runner.drafter.proc, two.runner.drafter.proc]
     assert [o.token_ids for o in remote] == [o.token_ids for o in local]
+    assert [o.token_ids for o in other] == [o.token_ids for o in local]
+    assert not any(w.is_alive() for w in workers)  # closing stops the workers
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["kill", "hang"])
+def test_requests_survive_a_failed_draft_process(fault, checkpoints, caplog):
+    """The draft process dies (SIGKILL) or stops answering (SIGSTOP, past the timeout) after
+    a few rounds: every request, running or waiting, still gets its greedy tokens, in SD with
+    the draft in this process; the failure shows in the metrics and the log, and the worker
+    is gone. Later calls run on the in-process draft."""
+    target, draft = checkpoints["llama"], checkpoints["llama_bias_gqa2"]
+    want = [hf_greedy(target, p, 64) for p in PROMPTS]
+    signum = signal.SIGKILL if fault == "kill" else signal.SIGSTOP
+    options = {"mode": "ssd", "k": 3, "max_batch": 2, "draft_timeout_s": 5.0}
+    with LLM(target, draft=draft, draft_process=True, **options) as llm:
+        proc = llm.runner.drafter.proc
+        tokens: dict[int, list[int]] = {i: [] for i in range(len(PROMPTS))}
+        for n, out in enumerate(llm.generate_stream(PROMPTS, GREEDY)):  # 2 run, 2 wait
+            tokens[out.request_id] += out.new_token_ids
+            if n == 6:
+                os.kill(proc.pid, signum)
+        metrics = llm.metrics
+        assert not proc.is_alive()
+        again = llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
+    assert [tokens[i] for i in range(len(PROMPTS))] == want
+    assert metrics is not None and metrics["draft_failures"] == 1
+    assert "in-process draft" in caplog.text
+    assert [o.token_ids for o in again] == want[:2]

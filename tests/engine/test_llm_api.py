@@ -52,6 +52,48 @@ def test_mode_options_are_checked(checkpoints):
         LLM(path, dtype="bits")
 
 
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {"mode": "sd", "k": 5000},
+            r"k \(draft tokens per round\) must be an integer in \[1, 32\]",
+        ),
+        ({"mode": "sd", "k": 0}, "k .draft tokens"),
+        ({"mode": "sd", "k": 4, "max_model_len": 5}, "exceeds the context 5"),
+        ({"mode": "ssd", "budget": 10**9}, "budget must be an integer in"),
+        ({"mode": "ssd", "k": 1, "fanout": [1, 10**6]}, "fan-out needs K.1 = 2 integers"),
+        ({"mode": "sd", "fanout": [1] * 5}, "shape SSD's speculation cache"),
+        ({"mode": "sd", "max_batch": 0}, "max_batch must be"),
+        ({"mode": "sd", "page_size": 0}, "page_size must be"),
+        ({"mode": "sd", "num_pages": -3}, "num_pages must be"),
+        ({"mode": "sd", "draft_timeout_s": 0}, "draft_timeout_s"),
+        ({"mode": "sd", "max_batch": 10**7}, "the KV caches need .* GiB, more than"),
+        ({"mode": "ssd", "budget": 0}, "budget must be an integer in"),
+    ],
+)
+def test_engine_options_are_refused_before_any_allocation(options, match, checkpoints, monkeypatch):
+    """Each bad option gets one clear error, raised before a weight or a page is allocated."""
+
+    def no(*args, **kwargs):
+        raise AssertionError("allocated before the options were checked")
+
+    monkeypatch.setattr("ssd.llm.load_model", no)
+    monkeypatch.setattr("ssd.llm.alloc_kv_cache", no)
+    path = checkpoints["llama"]
+    with pytest.raises(ValueError, match=match):
+        LLM(path, draft=path, **options)
+
+
+def test_a_request_larger_than_the_cache_fails_alone(checkpoints):
+    llm = LLM(checkpoints["llama"], max_batch=2, page_size=4, num_pages=6)  # 24 KV slots
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (8, 40, 8)]
+    out = llm.generate([[5, 17, 99]] * 3, params, use_tqdm=False)
+    assert out[1].finish_reason == "error" and "more than the whole cache" in (out[1].error or "")
+    assert [len(o.token_ids) for o in out] == [8, 0, 8]
+    assert out[0].token_ids == out[2].token_ids
+
+
 def _tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -42,22 +42,30 @@ class DraftModel:
         return tables, pow2(max(len(t) for t in tables))
 
     def admit(self, reqs: Sequence[Request]) -> None:
+        """Take pages for new requests and prefill everything before their last token r (the
+        prompt, and for a request taken over mid-run its committed tokens too)."""
         for r in reqs:
             need = min(r.length + r.params.max_tokens, self.max_len) + self.extra
             if -(-need // self.kv.page_size) > self.alloc.num_free:
                 raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
             self.pages[r.id] = self.alloc.ensure([], need)
-        for q, rows in length_buckets([len(r.prompt) for r in reqs]):
+        for q, rows in length_buckets([r.length - 1 for r in reqs]):
             self._prefill([reqs[i] for i in rows], q)
 
     def _prefill(self, reqs: Sequence[Request], q: int) -> None:
         b = pow2(len(reqs))
         tables, mp = self._tables(reqs, b)
-        lens = [len(r.prompt) for r in reqs] + [0] * (b - len(reqs))
+        seqs = [r.prompt + r.out[:-1] for r in reqs] + [[]] * (b - len(reqs))
         meta = step_meta(
-            tables, [0] * b, lens, self.kv.page_size, q_len=q, max_pages=mp, device=self.device
+            tables,
+            [0] * b,
+            [len(x) for x in seqs],
+            self.kv.page_size,
+            q_len=q,
+            max_pages=mp,
+            device=self.device,
         )
-        tokens = pack_tokens([r.prompt for r in reqs] + [[]] * (b - len(reqs)), q).to(self.device)
+        tokens = pack_tokens(seqs, q).to(self.device)
         m = self.model
         self.kv = self._fill(m.params, m.cfg, self.kv, tokens, meta)
 

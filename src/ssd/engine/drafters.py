@@ -35,6 +35,9 @@ class SDDrafter:
     def release(self, req: Request) -> None:
         self.d.release(req)
 
+    def close(self) -> None:
+        pass  # everything it holds lives in this process
+
     def observe(
         self,
         batch: Sequence[Request],
@@ -107,10 +110,7 @@ class SSDDrafter(SDDrafter):
         if self.template is not None:
             fanout = self.template.fanout()
         assert not isinstance(fanout, saguaro.FanoutEstimator)
-        if len(fanout) != self.k + 1 or min(fanout) < 0 or sum(fanout) < 1:
-            raise ValueError(
-                f"fan-out needs K+1 = {self.k + 1} entries >= 0, not all 0; got {list(fanout)}"
-            )
+        saguaro.check_fanout(fanout, self.k, self.vocab_size)
         if backup not in saguaro.BACKUPS:
             raise ValueError(f"backup must be one of {saguaro.BACKUPS}, got {backup!r}")
         self.fanout, self.c, self.backup = list(fanout), saguaro_c, backup
@@ -294,6 +294,13 @@ class DraftConfig:
     power: float | None = None  # r; None: estimated online
 
 
+def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
+    """The draft's KV pages, and the room each sequence needs past its tokens: the glue
+    lookahead (K+1) in SD; in SSD also the K tree steps over all branches."""
+    extra = cfg.k + 1 + (cfg.k * (sum(cfg.fanout) or cfg.budget) if cfg.mode == "ssd" else 0)
+    return (cfg.max_batch + 1) * -(-(cfg.max_len + extra) // cfg.page_size), extra
+
+
 def make_drafter(cfg: DraftConfig) -> SDDrafter:
     """Load the draft checkpoint and build an SD or SSD drafter with its own KV pages."""
     from ssd.kv import alloc_kv_cache
@@ -305,10 +312,7 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     model = load_model(cfg.path, dtype=dtype, device=cfg.device)
     if cfg.dtype == "int8":
         model = quantize_int8(model)
-    # SD needs the glue lookahead; SSD also the K tree steps over all branches.
-    budget = sum(cfg.fanout) or cfg.budget
-    extra = cfg.k + 1 + (cfg.k * budget if cfg.mode == "ssd" else 0)
-    pages = (cfg.max_batch + 1) * -(-(cfg.max_len + extra) // cfg.page_size)
+    pages, extra = draft_kv_pages(cfg)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra)
     if cfg.mode == "sd":
@@ -316,7 +320,7 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout
     if not cfg.fanout:
         fanout = saguaro.FanoutEstimator(
-            budget,
+            cfg.budget,
             cfg.k,
             accept=0.7 if cfg.accept is None else cfg.accept,
             power=1.0 if cfg.power is None else cfg.power,

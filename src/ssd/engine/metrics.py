@@ -108,6 +108,7 @@ class SpecMetrics:
     decode_seconds: float = 0.0
     target_wait_seconds: float = 0.0
     draft_busy_seconds: float = 0.0
+    draft_failures: int = 0  # drafters replaced by the fallback after a `DraftFailure`
 
     def __post_init__(self) -> None:
         self.acceptance = AcceptanceStats(self.k)
@@ -139,6 +140,7 @@ class SpecMetrics:
             "bonus_prediction_accuracy": ratio(self.bonus_predicted, self.bonus_rounds),
             "decode_tok_per_s": ratio(acc.committed, self.decode_seconds),
             "target_wait_per_round_s": ratio(self.target_wait_seconds, acc.rounds),
+            "draft_failures": self.draft_failures,
             "draft_idle_fraction": None
             if not self.decode_seconds
             else max(0.0, 1 - self.draft_busy_seconds / self.decode_seconds),

@@ -1,20 +1,24 @@
 """The drafter in its own process: a separate device (or CPU core) from the target.
 
-Transport is torch.distributed (gloo; tensors are staged through host memory, so it works for
-two processes sharing one GPU too). Per round the target sends ONE small control message —
-the batch, plus the previous round's outcome and any admitted or finished requests piggybacked
-— and the worker replies with the speculation (hit flags; tokens [B, K]; point-mass flags;
-q [B, K, V]). The worker answers first and only then prepares the next round (SSD: glue, fork,
-tree decode), so that work overlaps the target's verification.
+Transport is a private two-process gloo group (tensors are staged through host memory, so it
+works for two processes sharing one GPU too; no global torch.distributed state, so several
+engines can share a process and a machine). Per round the target sends ONE small control
+message — the batch, plus the previous round's outcome and any admitted or finished requests
+piggybacked — and the worker replies with the speculation (hit flags; tokens [B, K];
+point-mass flags; q [B, K, V]). The worker answers first and only then prepares the next round
+(SSD: glue, fork, tree decode), so that work overlaps the target's verification.
+
+A worker that dies or does not answer within the timeout raises `DraftFailure` on the target
+side; the request loop then carries on with an in-process drafter (`SpecRunner`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import faulthandler
 import os
 import pickle
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,29 +29,45 @@ import torch.multiprocessing as mp
 
 from ssd.engine.drafters import DraftConfig, make_drafter
 from ssd.engine.requests import Request
-from ssd.engine.speculation import LocalDrafter, Speculation
+from ssd.engine.speculation import DraftFailure, LocalDrafter, Speculation
 
 TARGET, DRAFT = 0, 1
 
 
-def send_obj(obj: Any, dst: int) -> None:
-    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-    dist.send(torch.tensor([data.numel()]), dst)
-    dist.send(data, dst)
+class Channel:
+    """Tensors and pickled objects between the two ranks of a private gloo group."""
 
+    def __init__(self, store: dist.Store, rank: int, timeout_s: float):
+        # A gloo backend object, not a registered group (its stubs omit send and recv).
+        self.pg: Any = dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=timeout_s))
+        self.peer = 1 - rank
 
-def recv_obj(src: int) -> Any:
-    n = torch.zeros(1, dtype=torch.int64)
-    dist.recv(n, src)
-    data = torch.empty(int(n), dtype=torch.uint8)
-    dist.recv(data, src)
-    return pickle.loads(data.numpy().tobytes())
+    def send(self, t: torch.Tensor, timeout_s: float | None = None) -> None:
+        self._wait(self.pg.send([t], self.peer, 0), timeout_s)
 
+    def recv(self, t: torch.Tensor, timeout_s: float | None = None) -> torch.Tensor:
+        self._wait(self.pg.recv([t], self.peer, 0), timeout_s)
+        return t
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    def send_obj(self, obj: Any, timeout_s: float | None = None) -> None:
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        self.send(torch.tensor([data.numel()]), timeout_s)
+        self.send(data, timeout_s)
+
+    def recv_obj(self, timeout_s: float | None = None) -> Any:
+        n = int(self.recv(torch.zeros(1, dtype=torch.int64), timeout_s))
+        return pickle.loads(
+            self.recv(torch.empty(n, dtype=torch.uint8), timeout_s).numpy().tobytes()
+        )
+
+    @staticmethod
+    def _wait(work: Any, timeout_s: float | None) -> None:
+        """Gloo raises RuntimeError when the peer's connection closes or past the timeout
+        (the group's own when none is given)."""
+        if timeout_s is None:
+            work.wait()
+        else:
+            work.wait(datetime.timedelta(seconds=timeout_s))
 
 
 def _cores() -> tuple[set[int], set[int]] | None:
@@ -57,34 +77,43 @@ def _cores() -> tuple[set[int], set[int]] | None:
 
 
 class RemoteDrafter:
-    """The target-side proxy of a drafter running in a worker process."""
+    """The target-side proxy of a drafter running in a worker process.
 
-    def __init__(self, cfg: DraftConfig, timeout_s: float = 900.0):
+    The worker has `startup_timeout_s` to load the draft and answer its first round, and
+    `timeout_s` for each later answer; past either, or when it dies, `speculate` raises
+    `DraftFailure` (and the worker is stopped).
+    """
+
+    def __init__(
+        self, cfg: DraftConfig, timeout_s: float = 120.0, startup_timeout_s: float = 900.0
+    ):
         self.k = cfg.k
         self.device = torch.device(cfg.device)
-        port = _free_port()
+        self.timeout_s, self._first_timeout_s = timeout_s, startup_timeout_s
+        store = dist.TCPStore(
+            "127.0.0.1",
+            0,
+            2,
+            True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=startup_timeout_s),
+        )
         self._affinity = os.sched_getaffinity(0)
+        self._threads = torch.get_num_threads()
         cores = _cores() if self.device.type == "cpu" else None
-        ctx = mp.get_context("spawn")
-        self.proc = ctx.Process(
-            target=_serve, args=(cfg, port, cores and cores[1], timeout_s), daemon=True
+        self.proc = mp.get_context("spawn").Process(
+            target=_serve, args=(cfg, store.port, cores and cores[1]), daemon=True
         )
         self.proc.start()
-        if dist.is_initialized():
-            raise RuntimeError("torch.distributed is already initialized in this process")
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=TARGET,
-            world_size=2,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
-        self._threads = torch.get_num_threads()
+        _await_worker(store, self.proc, startup_timeout_s)
+        self.chan = Channel(store, TARGET, startup_timeout_s)
+        self._store = store  # the worker's rendezvous: kept alive with the group
         if cores is not None:  # one thread per core left to the target: never oversubscribe
             os.sched_setaffinity(0, cores[0])
             torch.set_num_threads(len(cores[0]))
         self._pending: dict[str, Any] = {"admit": [], "release": [], "observe": None}
         self.busy_seconds = 0.0
+        self.closed = False
 
     def admit(self, reqs: Sequence[Request]) -> None:
         self._pending["admit"] += [(r.id, r.prompt, r.params, r.seed, list(r.out)) for r in reqs]
@@ -102,49 +131,74 @@ class RemoteDrafter:
         self._pending["observe"] = ([r.id for r in batch], list(accepted), list(token), seconds)
 
     def speculate(self, batch: Sequence[Request]) -> Speculation:
-        send_obj({"cmd": "spec", "ids": [r.id for r in batch], **self._pending}, DRAFT)
-        self._pending = {"admit": [], "release": [], "observe": None}
-        head = recv_obj(DRAFT)
-        tokens = torch.empty(head["shape"][:2], dtype=torch.int64)
-        point = torch.empty(head["shape"][0], dtype=torch.uint8)
-        dist.recv(tokens, DRAFT)
-        dist.recv(point, DRAFT)
-        q = None
-        if head["has_q"]:
-            q = torch.empty(head["shape"], dtype=torch.float32)
-            dist.recv(q, DRAFT)
-            q = q.to(self.device)
+        if self.closed:
+            raise DraftFailure("the draft process was stopped")
+        timeout = self._first_timeout_s or self.timeout_s
+        try:
+            msg = {"cmd": "spec", "ids": [r.id for r in batch], **self._pending}
+            self.chan.send_obj(msg, timeout)
+            self._pending = {"admit": [], "release": [], "observe": None}
+            head = self.chan.recv_obj(timeout)
+            shape = head["shape"]
+            tokens = self.chan.recv(torch.empty(shape[:2], dtype=torch.int64), timeout)
+            point = self.chan.recv(torch.empty(shape[0], dtype=torch.uint8), timeout)
+            q = None
+            if head["has_q"]:
+                q = self.chan.recv(torch.empty(shape, dtype=torch.float32), timeout)
+                q = q.to(self.device)
+        except RuntimeError as e:  # gloo: the peer closed the connection, or the wait timed out
+            state = "died" if not self.proc.is_alive() else f"did not answer in {timeout:g} s"
+            self.close()
+            raise DraftFailure(f"the draft process {state} ({str(e).splitlines()[0][:120]})") from e
+        self._first_timeout_s = 0.0
         self.busy_seconds = head["busy"]
         return Speculation(tokens.to(self.device), q, point.bool().to(self.device), head["hit"])
 
     def close(self) -> None:
+        """Stop the worker (asked first; killed if it does not exit) and give back the cores."""
+        if self.closed:
+            return
+        self.closed = True
         if self.proc.is_alive():
-            send_obj({"cmd": "exit"}, DRAFT)
-            self.proc.join(timeout=30)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+            with contextlib.suppress(RuntimeError):  # it stopped listening: killed below
+                self.chan.send_obj({"cmd": "exit"}, timeout_s=5)
+            self.proc.join(timeout=10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+        del self.chan  # the group's sockets
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
 
 
-def _serve(cfg: DraftConfig, port: int, cores: set[int] | None, timeout_s: float) -> None:
+def _await_worker(store: dist.TCPStore, proc: Any, timeout_s: float) -> None:
+    """Wait for the worker to reach the store, failing at once if it dies on the way (a bad
+    import, say) instead of after the whole timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not store.check(["worker"]):
+        if not proc.is_alive():
+            raise DraftFailure(f"the draft process exited with code {proc.exitcode} at start")
+        if time.monotonic() > deadline:
+            raise DraftFailure(f"the draft process did not start in {timeout_s:g} s")
+        time.sleep(0.02)
+
+
+def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
     """The draft worker's loop: observe, release, admit, answer, then prepare the next round."""
     faulthandler.enable()
     if cores is not None:
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=DRAFT,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    store = dist.TCPStore("127.0.0.1", port, 2, False)
+    store.set("worker", "up")
+    # The target may verify for long between messages: the worker waits for it without limit
+    # and exits when the target's side of the connection closes.
+    chan = Channel(store, DRAFT, timeout_s=10 * 365 * 24 * 3600)
     drafter: LocalDrafter = make_drafter(cfg)
     mirrors: dict[int, Request] = {}
     drafted: dict[int, list[int]] = {}
     busy = 0.0
-    while (msg := recv_obj(TARGET))["cmd"] != "exit":
+    while (msg := _next_message(chan))["cmd"] != "exit":
         start = time.perf_counter()
         if msg["observe"] is not None:
             ids, accepted, token, seconds = msg["observe"]
@@ -162,20 +216,26 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None, timeout_s: float
         batch = [mirrors[i] for i in msg["ids"]]
         spec = drafter.answer(batch)
         tokens = spec.tokens.cpu()
-        send_obj(
+        chan.send_obj(
             {
                 "hit": spec.hit,
                 "has_q": spec.q is not None,
                 "shape": (*tokens.shape, drafter.vocab_size),
                 "busy": busy,
-            },
-            TARGET,
+            }
         )
-        dist.send(tokens, TARGET)
-        dist.send(spec.point_mass.to(torch.uint8).cpu(), TARGET)
+        chan.send(tokens)
+        chan.send(spec.point_mass.to(torch.uint8).cpu())
         if spec.q is not None:
-            dist.send(spec.q.float().cpu().contiguous(), TARGET)
+            chan.send(spec.q.float().cpu().contiguous())
         drafted.update({r.id: row for r, row in zip(batch, tokens.tolist(), strict=False)})
         drafter.prepare(batch, spec)
         busy = time.perf_counter() - start
-    dist.destroy_process_group()
+
+
+def _next_message(chan: Channel) -> dict[str, Any]:
+    """The target's next message; "exit" when the target is gone (its connection closed)."""
+    try:
+        return dict(chan.recv_obj())
+    except RuntimeError:
+        return {"cmd": "exit"}

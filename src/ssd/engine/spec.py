@@ -2,33 +2,49 @@
 
 The runner drives the target (`TargetModel`: its KV pages and prefill, plus verification here)
 and asks a `Drafter` for each round's speculation; SD, SSD and research policies differ only
-in the drafter they plug in.
+in the drafter they plug in. When the drafter fails (`DraftFailure`: a draft process that died
+or hangs), the runner swaps in its `fallback` (an in-process drafter), hands it every running
+request as it stands, and goes on: verification makes any proposal exact, so no token changes
+law and none is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from ssd.engine.metrics import AcceptanceStats, SpecMetrics
 from ssd.engine.requests import Request
-from ssd.engine.speculation import Drafter, Speculation, batch_inputs, pad_rows
+from ssd.engine.speculation import Drafter, DraftFailure, Speculation, batch_inputs, pad_rows
 from ssd.engine.target import TargetModel
 from ssd.jit import Step, pow2
 from ssd.kv import step_meta
+
+log = logging.getLogger(__name__)
 
 
 class SpecRunner:
     """Prefill with the target's step, then verification rounds over [r, s_1..s_K]."""
 
-    def __init__(self, target: TargetModel, verify: Step, drafter: Drafter):
+    def __init__(
+        self,
+        target: TargetModel,
+        verify: Step,
+        drafter: Drafter,
+        fallback: Callable[[], Drafter] | None = None,
+    ):
         if target.lookahead < drafter.k + 1:
             raise ValueError(f"the target needs lookahead >= K+1 = {drafter.k + 1} KV slots")
         self.target, self.verify, self.drafter, self.k = target, verify, drafter, drafter.k
+        self.fallback = fallback
         self.metrics = SpecMetrics(self.k)
+
+    def close(self) -> None:
+        self.drafter.close()
 
     def finish(self, req: Request, running: list[Request]) -> None:
         self.target.finish(req, running)
@@ -59,7 +75,7 @@ class SpecRunner:
                 continue
             start = time.perf_counter()
             batch = list(running)
-            spec = self.drafter.speculate(batch)
+            spec = self._speculate(batch)
             verify_start = time.perf_counter()
             wait = verify_start - start
             self.metrics.target_wait_seconds += wait
@@ -86,6 +102,19 @@ class SpecRunner:
                 if req.finish_reason is not None:
                     self.finish(req, running)
             self.metrics.decode_seconds += time.perf_counter() - start
+
+    def _speculate(self, batch: list[Request]) -> Speculation:
+        try:
+            return self.drafter.speculate(batch)
+        except DraftFailure as e:
+            if self.fallback is None:
+                raise
+            log.warning("%s; the %d running requests go on with an in-process draft", e, len(batch))
+            self.drafter.close()
+            self.drafter, self.fallback = self.fallback(), None
+            self.metrics.draft_failures += 1
+            self.drafter.admit(batch)  # every running request, at its committed tokens
+            return self.drafter.speculate(batch)
 
     def _verify(
         self, batch: list[Request], spec: Speculation

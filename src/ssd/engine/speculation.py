@@ -35,6 +35,10 @@ class Speculation:
     hit: list[bool | None]
 
 
+class DraftFailure(RuntimeError):
+    """The drafter cannot go on (its process died, or did not answer in time)."""
+
+
 class Drafter(Protocol):
     """What the target's loop (`SpecRunner`) asks of a drafter, in this process or another."""
 
@@ -45,7 +49,8 @@ class Drafter(Protocol):
         """Start drafting for new requests (their prompt is prefilled, r is in `req.out`)."""
 
     def speculate(self, batch: Sequence[Request]) -> Speculation:
-        """The next speculation for each request of the batch."""
+        """The next speculation for each request of the batch; raises `DraftFailure` when the
+        drafter cannot answer (the request loop then continues with its fallback)."""
         ...
 
     def observe(
@@ -59,6 +64,9 @@ class Drafter(Protocol):
 
     def release(self, req: Request) -> None:
         """The request finished."""
+
+    def close(self) -> None:
+        """Free what the drafter holds outside this process (its worker); idempotent."""
 
 
 class LocalDrafter(Drafter, Protocol):

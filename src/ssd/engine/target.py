@@ -42,18 +42,29 @@ class TargetModel:
         new = []
         while waiting and len(running) < self.max_batch:
             req = waiting[0]
-            need = min(req.length + req.params.max_tokens, self.max_len) + self.lookahead
+            need = self.slots_needed(req)
             if -(-need // self.kv.page_size) > self.pages.num_free:
-                if not running:
-                    raise RuntimeError(
-                        f"request {req.id} needs {need} KV slots, more than the whole cache "
-                        f"({self.kv.num_pages} pages of {self.kv.page_size}); raise num_pages"
-                    )
+                if not running:  # `check_fits` refuses such a request before it waits
+                    raise RuntimeError(f"request {req.id} cannot fit in the KV cache")
                 break
             self.pages.ensure(req.pages, need)
             new.append(waiting.popleft())
             running.append(req)
         return new
+
+    def slots_needed(self, req: Request) -> int:
+        """KV slots a request reserves for its whole run."""
+        return min(req.length + req.params.max_tokens, self.max_len) + self.lookahead
+
+    def check_fits(self, req: Request) -> None:
+        """Refuse (ValueError) a request that could not fit even in an empty cache."""
+        need = self.slots_needed(req)
+        if -(-need // self.kv.page_size) > self.kv.num_pages:
+            raise ValueError(
+                f"the request needs {need} KV slots (prompt, max_tokens and lookahead), more "
+                f"than the whole cache ({self.kv.num_pages} pages of {self.kv.page_size}); "
+                "raise num_pages or lower max_tokens"
+            )
 
     def finish(self, req: Request, running: list[Request]) -> None:
         """The request is done: its pages are freed and it leaves `running`."""
