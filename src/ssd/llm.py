@@ -141,6 +141,9 @@ class LLM:
         target_model = TargetModel(
             self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead
         )
+        self._next_id = 0  # request ids, unique for the engine's life
+        self._outputs: dict[int, RequestOutput] = {}  # by request id, until finished
+        self._held: list[RequestOutput] = []  # outputs made during `generate`, for `step`
         if dcfg is None:
             self.runner: ARRunner | SpecRunner = ARRunner(target_model)
             return
@@ -170,6 +173,28 @@ class LLM:
         """Speculation metrics of the last `generate` call (docs/design.md §5); None in AR."""
         return self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else None
 
+    def add_request(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> int:
+        """Queue one request and return its id; it joins the running batch at a later `step`,
+        while others run (continuous batching). A request that cannot run (empty, too long,
+        ids outside the vocabulary, larger than the cache) raises ValueError here."""
+        ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
+        req = self._request(ids, sampling_params or SamplingParams())
+        self._outputs[req.id] = RequestOutput(request_id=req.id, prompt_token_ids=ids)
+        return req.id
+
+    def step(self) -> list[RequestOutput]:
+        """One engine step (a prefill, a decode step in AR, a verification round in SD/SSD):
+        the output of each request that gained tokens, with those in `new_token_ids`; a
+        finished one has its `finish_reason` and is forgotten after this."""
+        outputs, self._held = self._held, []
+        for req, n in self.runner.step():
+            outputs.append(self._advance(req, n))
+        return outputs
+
+    def has_unfinished(self) -> bool:
+        """Whether requests added with `add_request` are waiting or running."""
+        return self.runner.sched.busy
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
@@ -182,14 +207,14 @@ class LLM:
         A prompt that cannot run (empty, too long, ids outside the vocabulary) gets an output
         with `finish_reason="error"` and the reason in `error`; the others run normally.
         """
-        outputs, requests = self._requests(prompts, sampling_params)
-        bar = tqdm(total=len(requests), desc="generate", unit="req", disable=not use_tqdm)
-        for req, _ in self.runner.run(requests):
-            if req.finish_reason is not None:
-                self._fill(outputs[req.id], req)
+        outputs, ids = self._submit(prompts, sampling_params)
+        bar = tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm)
+        for out in self._run(ids):
+            if out.finish_reason is not None:
+                outputs[ids[out.request_id]] = out
                 bar.update()
         bar.close()
-        return outputs
+        return [self._renumber(out, i) for i, out in enumerate(outputs)]
 
     def generate_stream(
         self,
@@ -199,37 +224,67 @@ class LLM:
         """Like `generate`, but yields a request's output each time it gains tokens (after every
         step in AR, every verification round in SD/SSD), with those tokens in `new_token_ids`.
         Refused prompts are yielded first, once, with `finish_reason="error"`."""
-        outputs, requests = self._requests(prompts, sampling_params)
+        outputs, ids = self._submit(prompts, sampling_params)
         yield from (o for o in outputs if o.finish_reason == "error")
-        for req, n in self.runner.run(requests):
-            out = outputs[req.id]
-            self._fill(out, req)
-            out.new_token_ids = req.out[len(req.out) - n :]
-            yield dataclasses.replace(out, token_ids=list(out.token_ids))
+        for out in self._run(ids):
+            yield self._renumber(out, ids[out.request_id])
 
-    def _requests(
+    def _submit(
         self,
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None,
-    ) -> tuple[list[RequestOutput], list[Request]]:
+    ) -> tuple[list[RequestOutput], dict[int, int]]:
+        """Queue a call's prompts: every prompt's output (numbered by its place in the call; a
+        refused one already final), and each queued request's place by its id."""
         prompts = _prompt_list(prompts)
         params = sampling_params or SamplingParams()
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(prompts):
             raise ValueError(f"{len(plist)} sampling params for {len(prompts)} prompts")
-        outputs, requests = [], []
+        outputs, ids = [], {}
         for i, (prompt, sp) in enumerate(zip(prompts, plist, strict=True)):
-            ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
-            outputs.append(RequestOutput(request_id=i, prompt_token_ids=ids))
+            tokens = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
+            outputs.append(RequestOutput(request_id=i, prompt_token_ids=tokens))
             try:
-                req = make_request(
-                    i, ids, sp, self.model.cfg.vocab_size, self.max_len, self.eos_ids
-                )
-                self.runner.target.check_fits(req)
-                requests.append(req)
+                ids[self.add_request(tokens, sp)] = i
             except ValueError as e:
                 outputs[i].finish_reason, outputs[i].error = "error", str(e)
-        return outputs, requests
+        return outputs, ids
+
+    def _run(self, ids: dict[int, int]) -> Iterator[RequestOutput]:
+        """Step until the requests `ids` finish, yielding their outputs; other requests'
+        outputs (from `add_request`) are held for the next `step`."""
+        left = set(ids)
+        while left:
+            for req, n in self.runner.step():
+                out = self._advance(req, n)
+                if req.id not in ids:
+                    self._held.append(out)
+                    continue
+                if out.finish_reason is not None:
+                    left.discard(req.id)
+                yield out
+
+    def _request(self, ids: list[int], params: SamplingParams) -> Request:
+        req = make_request(
+            self._next_id, ids, params, self.model.cfg.vocab_size, self.max_len, self.eos_ids
+        )
+        self.runner.sched.add(req)
+        self._next_id += 1
+        return req
+
+    def _advance(self, req: Request, n: int) -> RequestOutput:
+        """A snapshot of the request's output after it gained `n` tokens."""
+        out = self._outputs[req.id]
+        self._fill(out, req)
+        out.new_token_ids = req.out[len(req.out) - n :]
+        if req.finish_reason is not None:
+            del self._outputs[req.id]
+        return dataclasses.replace(out, token_ids=list(out.token_ids))
+
+    @staticmethod
+    def _renumber(out: RequestOutput, place: int) -> RequestOutput:
+        return dataclasses.replace(out, request_id=place)
 
     def _fill(self, out: RequestOutput, req: Request) -> None:
         out.token_ids, out.finish_reason = req.out, req.finish_reason

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import torch
 
 from ssd.engine.metrics import AcceptanceStats, SpecMetrics
 from ssd.engine.requests import Request
+from ssd.engine.scheduler import Scheduler
 from ssd.engine.speculation import Drafter, DraftFailure, Speculation, batch_inputs, pad_rows
 from ssd.engine.target import TargetModel
 from ssd.jit import Step, pow2
@@ -41,67 +41,72 @@ class SpecRunner:
             raise ValueError(f"the target needs lookahead >= K+1 = {drafter.k + 1} KV slots")
         self.target, self.verify, self.drafter, self.k = target, verify, drafter, drafter.k
         self.fallback = fallback
-        self.metrics = SpecMetrics(self.k)
+        self.sched = Scheduler(target)
+        self.metrics, self._idle = SpecMetrics(self.k), True
 
     def close(self) -> None:
         self.drafter.close()
 
-    def finish(self, req: Request, running: list[Request]) -> None:
-        self.target.finish(req, running)
-        self.drafter.release(req)
+    def step(self) -> list[tuple[Request, int]]:
+        """A prefill of newly admitted requests, else one verification round for the running
+        batch; returns (request, number of new tokens) for each request it advanced. The
+        metrics cover one busy period: they restart on the first step after the engine idled."""
+        if self._idle:
+            self.metrics, self._idle = SpecMetrics(self.k), False
+        sched = self.sched
+        admitted = sched.admit()
+        if admitted:
+            events = self._prefill(admitted)
+        else:
+            events = self._round(list(sched.running)) if sched.running else []
+        self._idle = not sched.busy
+        return events
 
-    def run(self, requests: Sequence[Request]) -> Iterator[tuple[Request, int]]:
-        """Run to completion, yielding (request, number of new tokens) after each round."""
-        self.metrics = SpecMetrics(self.k)
-        waiting, running = deque(requests), list[Request]()
-        while waiting or running:
-            admitted = self.target.admit(waiting, running)
-            if admitted:
-                for req in admitted:
-                    req.acceptance = AcceptanceStats(self.k)
-                tokens = self.target.prefill(admitted)
-                done = [
-                    r
-                    for r, t in zip(admitted, tokens, strict=True)
-                    if r.append(t, self.target.max_len)
-                ]
-                live = [r for r in admitted if r not in done]
-                if live:  # the drafter starts from the prompt and its first token r
-                    self.drafter.admit(live)
-                for req in admitted:
-                    yield req, 1
-                for req in done:  # never reached the drafter
-                    self.target.finish(req, running)
-                continue
-            start = time.perf_counter()
-            batch = list(running)
-            spec = self._speculate(batch)
-            verify_start = time.perf_counter()
-            wait = verify_start - start
-            self.metrics.target_wait_seconds += wait
-            self.metrics.draft_busy_seconds += self.drafter.busy_seconds
-            accepted, token, drafted = self._verify(batch, spec)
-            verify_seconds = time.perf_counter() - verify_start
-            self.drafter.observe(batch, accepted, token, verify_seconds)
-            for i, req in enumerate(batch):
-                emitted = [*drafted[i][: accepted[i]], token[i]]
-                kept = 0
-                for tok in emitted:
-                    kept += 1
-                    if req.append(tok, self.target.max_len):
-                        break
-                # drafts after a stop were accepted but are not emitted: they do not count
-                counted = min(accepted[i], kept)
-                self.metrics.record(counted, kept, spec.hit[i])
-                assert req.acceptance is not None
-                req.acceptance.add_round(counted, kept)
-                if spec.hit[i] is not None and accepted[i] == self.k:
-                    self.metrics.bonus_rounds += 1
-                    self.metrics.bonus_predicted += bool(spec.hit[i])
-                yield req, kept
-                if req.finish_reason is not None:
-                    self.finish(req, running)
-            self.metrics.decode_seconds += time.perf_counter() - start
+    def _prefill(self, admitted: list[Request]) -> list[tuple[Request, int]]:
+        for req in admitted:
+            req.acceptance = AcceptanceStats(self.k)
+        tokens = self.target.prefill(admitted)
+        done = [
+            r for r, t in zip(admitted, tokens, strict=True) if r.append(t, self.target.max_len)
+        ]
+        live = [r for r in admitted if r not in done]
+        if live:  # the drafter starts from the prompt and its first token r
+            self.drafter.admit(live)
+        for req in done:  # never reached the drafter
+            self.sched.finish(req)
+        return [(req, 1) for req in admitted]
+
+    def _round(self, batch: list[Request]) -> list[tuple[Request, int]]:
+        start = time.perf_counter()
+        spec = self._speculate(batch)
+        verify_start = time.perf_counter()
+        self.metrics.target_wait_seconds += verify_start - start
+        self.metrics.draft_busy_seconds += self.drafter.busy_seconds
+        accepted, token, drafted = self._verify(batch, spec)
+        verify_seconds = time.perf_counter() - verify_start
+        self.drafter.observe(batch, accepted, token, verify_seconds)
+        events = []
+        for i, req in enumerate(batch):
+            emitted = [*drafted[i][: accepted[i]], token[i]]
+            kept = 0
+            for tok in emitted:
+                kept += 1
+                if req.append(tok, self.target.max_len):
+                    break
+            # drafts after a stop were accepted but are not emitted: they do not count
+            counted = min(accepted[i], kept)
+            self.metrics.record(counted, kept, spec.hit[i])
+            assert req.acceptance is not None
+            req.acceptance.add_round(counted, kept)
+            if spec.hit[i] is not None and accepted[i] == self.k:
+                self.metrics.bonus_rounds += 1
+                self.metrics.bonus_predicted += bool(spec.hit[i])
+            events.append((req, kept))
+            if req.finish_reason is not None:
+                self.sched.finish(req)
+                self.drafter.release(req)
+        self.metrics.decode_seconds += time.perf_counter() - start
+        return events
 
     def _speculate(self, batch: list[Request]) -> Speculation:
         try:

@@ -1,12 +1,11 @@
-"""The target model's side of the request loops: its KV pages, admission, prefill and decode.
+"""The target model's side of the request loops: its KV pages, prefill and decode.
 
 Both loops (`ARRunner`, `SpecRunner`) drive one `TargetModel`, as the drafters drive a
 `DraftModel` (`ssd.engine.draft_model`); the speculative loop adds verification on the same cache.
+Which requests run is the `Scheduler`'s choice (`ssd.engine.scheduler`).
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 import torch
 
@@ -37,20 +36,16 @@ class TargetModel:
         self.pages = PageAllocator(kv.num_pages, kv.page_size)
         self.device = kv.k_pages.device
 
-    def admit(self, waiting: deque[Request], running: list[Request]) -> list[Request]:
-        """Start waiting requests while there is room; each reserves pages for its whole run."""
-        new = []
-        while waiting and len(running) < self.max_batch:
-            req = waiting[0]
-            need = self.slots_needed(req)
-            if -(-need // self.kv.page_size) > self.pages.num_free:
-                if not running:  # `check_fits` refuses such a request before it waits
-                    raise RuntimeError(f"request {req.id} cannot fit in the KV cache")
-                break
-            self.pages.ensure(req.pages, need)
-            new.append(waiting.popleft())
-            running.append(req)
-        return new
+    def reserve(self, req: Request) -> bool:
+        """Take the pages the request needs for its whole run; False if too few are free."""
+        need = self.slots_needed(req)
+        if -(-need // self.kv.page_size) > self.pages.num_free:
+            return False
+        self.pages.ensure(req.pages, need)
+        return True
+
+    def release(self, req: Request) -> None:
+        self.pages.release(req.pages)
 
     def slots_needed(self, req: Request) -> int:
         """KV slots a request reserves for its whole run."""
@@ -65,11 +60,6 @@ class TargetModel:
                 f"than the whole cache ({self.kv.num_pages} pages of {self.kv.page_size}); "
                 "raise num_pages or lower max_tokens"
             )
-
-    def finish(self, req: Request, running: list[Request]) -> None:
-        """The request is done: its pages are freed and it leaves `running`."""
-        self.pages.release(req.pages)
-        running.remove(req)
 
     def prefill(self, batch: list[Request]) -> list[int]:
         """Each request's prompt into the cache; returns the first token of each."""

@@ -1,0 +1,45 @@
+"""Which requests run: continuous batching over the target's KV pages.
+
+Requests wait in arrival order and join the running batch between steps while the batch has a
+free row and the target's cache has the pages a request reserves for its whole run; finished
+requests leave and return their pages at once, so waiting ones take their place on the next
+step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ssd.engine.requests import Request
+from ssd.engine.target import TargetModel
+
+
+class Scheduler:
+    def __init__(self, target: TargetModel):
+        self.target = target
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, req: Request) -> None:
+        """Queue a request (refused with ValueError if it could never fit in the cache)."""
+        self.target.check_fits(req)
+        self.waiting.append(req)
+
+    def admit(self) -> list[Request]:
+        """Move waiting requests into the batch, in order, while there is room; returns them."""
+        new = []
+        while self.waiting and len(self.running) < self.target.max_batch:
+            if not self.target.reserve(self.waiting[0]):
+                break  # the head waits for pages: later requests do not overtake it
+            new.append(req := self.waiting.popleft())
+            self.running.append(req)
+        return new
+
+    def finish(self, req: Request) -> None:
+        """The request is done: its pages are freed and it leaves the batch."""
+        self.target.release(req)
+        self.running.remove(req)
