@@ -5,8 +5,7 @@ and prints per-call milliseconds of the draft step (K draft forwards) and of the
 step (one target forward over K+1 tokens), with acceptance and τ. The rest of a round is host
 work (bookkeeping, sampling tensors, metadata).
 
-    python benchmarks/round_breakdown.py [--k 4] [--draft-dtype int8] [--draft-vocab N]
-        [--temperature 0]
+    python benchmarks/round_breakdown.py [--k 4] [--draft-dtype int8] [--temperature 0]
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ def main() -> None:
     ap.add_argument("--draft")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--draft-dtype", default="int8")
-    ap.add_argument("--draft-vocab", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -38,8 +36,7 @@ def main() -> None:
 
         args.target, args.draft = prepare_pair(DEFAULT_PAIR)
     llm = LLM(args.target, draft=args.draft, mode="sd", k=args.k, dtype="bfloat16",
-              draft_dtype=args.draft_dtype, draft_vocab=args.draft_vocab or None, max_batch=1,
-              max_model_len=2048)  # fmt: skip
+              draft_dtype=args.draft_dtype, max_batch=1, max_model_len=2048)  # fmt: skip
     prompts = specbench.chat_prompts(llm.tokenizer, args.prompts)
     seconds: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()

@@ -169,8 +169,6 @@ def build_modes(
         "max_model_len": args.max_model_len,
     }
     spec = {"draft": draft, "k": args.k, "draft_dtype": args.draft_dtype, **common}
-    if args.draft_vocab:
-        spec["draft_vocab"] = args.draft_vocab
     budget = args.budget or args.k + 1
     modes: list[Mode] = []
     wanted = args.modes.split(",")
@@ -251,7 +249,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from ssd import specbench
     from ssd.models.loading import load_model, load_tokenizer
-    from ssd.models.quantize import leading_ids, quantize_int8, restrict_vocab
+    from ssd.models.quantize import quantize_int8
 
     target, draft = _pair(args)
     tok = load_tokenizer(target)
@@ -260,10 +258,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     b_target = weight_bytes(load_model(target, dtype=dtype))
     d = load_model(draft, dtype=torch.bfloat16 if args.draft_dtype == "int8" else dtype)
-    d = quantize_int8(d) if args.draft_dtype == "int8" else d
-    if args.draft_vocab:
-        d = restrict_vocab(d, leading_ids(draft, d.cfg, args.draft_vocab))
-    b_draft = weight_bytes(d)
+    b_draft = weight_bytes(quantize_int8(d) if args.draft_dtype == "int8" else d)
     del d
     modes, engines = build_modes(args, target, draft)
     m = args.max_tokens
@@ -302,7 +297,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "draft": str(draft),
         "dtype": args.dtype,
         "draft_dtype": args.draft_dtype,
-        "draft_vocab": args.draft_vocab,
         "k": args.k,
         "temperature": args.temperature,
         "prompts": len(prompts),
@@ -432,9 +426,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")
-    ap.add_argument(
-        "--draft-vocab", type=int, default=0, help="cut the draft's head to the first N ids"
-    )
     ap.add_argument("--backup", default="neural", choices=saguaro.BACKUPS)
     # On CPUs the tree steps are compute-bound (budget rows per draft forward): K+1 by default.
     ap.add_argument("--budget", type=int, default=None, help="SSD branches (default K+1)")

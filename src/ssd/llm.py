@@ -39,9 +39,7 @@ class LLM:
     `saguaro_c` (1 disables it) and a `backup` on cache misses ("neural", "fast" n-gram, or
     "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
     draft precision is exact (the draft only proposes): a bf16 draft next to an fp32 target, or
-    `draft_dtype="int8"` (int8 weights, bf16 activations: half the bytes of a bf16 draft), and
-    `draft_vocab=n` cuts the draft's head to the first n token ids and the special tokens (a
-    smaller head; it never proposes the rest, which verification handles like any miss). With
+    `draft_dtype="int8"` (int8 weights, bf16 activations: half the bytes of a bf16 draft). With
     `draft_process` the draft runs in its own process (on `draft_device`, or its own CPU core),
     answering each round and then building the next cache while the target verifies; otherwise
     the same steps run in this process, one after the other; a draft process that dies or does
@@ -78,7 +76,6 @@ class LLM:
         draft_process: bool = False,
         draft_device: str | None = None,
         draft_timeout_s: float = 120.0,
-        draft_vocab: int | None = None,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -111,8 +108,6 @@ class LLM:
             draft_cfg = ModelConfig.from_pretrained(draft)
             check_pair(cfg, None, draft_cfg, None)  # the vocabularies; tokenizers once loaded
             _check_fanout(mode, k, fanout, budget, cfg.vocab_size)
-            if draft_vocab is not None and not (is_int(draft_vocab) and draft_vocab >= 1):
-                raise ValueError(f"draft_vocab must be an integer >= 1, got {draft_vocab!r}")
             dcfg = DraftConfig(
                 path=str(draft),
                 mode=mode,
@@ -129,7 +124,6 @@ class LLM:
                 max_len=self.max_len,
                 max_batch=max_batch,
                 page_size=page_size,
-                vocab=draft_vocab or 0,
             )
             kv_dtype = torch.bfloat16 if draft_dtype == "int8" else draft_dtype
             assert isinstance(kv_dtype, torch.dtype)

@@ -68,7 +68,6 @@ def test_mode_options_are_checked(checkpoints):
         ({"mode": "sd", "page_size": 0}, "page_size must be"),
         ({"mode": "sd", "num_pages": -3}, "num_pages must be"),
         ({"mode": "sd", "draft_timeout_s": 0}, "draft_timeout_s"),
-        ({"mode": "sd", "draft_vocab": 0}, "draft_vocab must be"),
         ({"mode": "sd", "max_batch": 10**7}, "the KV caches need .* GiB, more than"),
         ({"mode": "ssd", "budget": 0}, "budget must be an integer in"),
     ],

@@ -92,16 +92,6 @@ CASES = {
         FLAT,
         None,
     ),
-    "sd int8 draft, head cut to half the vocabulary": (
-        {"mode": "sd", "draft_dtype": "int8", "draft_vocab": V // 2},
-        FILTERED,
-        None,
-    ),
-    "ssd draft head cut to half the vocabulary C=0.5": (
-        {"mode": "ssd", "backup": "neural", "saguaro_c": 0.5, "draft_vocab": V // 2},
-        FLAT,
-        None,
-    ),
     "ssd int8 draft C=0.5": (
         {"mode": "ssd", "backup": "neural", "saguaro_c": 0.5, "draft_dtype": "int8"},
         FLAT,

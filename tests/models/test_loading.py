@@ -77,26 +77,6 @@ def test_bfloat16_load_runs_close_to_fp32(checkpoints, models):
     assert rel_err(low, ref) <= 0.1
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3_tied"])  # an untied and a tied head
-def test_a_head_cut_to_part_of_the_vocabulary_keeps_those_logits(name, checkpoints, models):
-    from ssd.models.quantize import leading_ids, restrict_vocab
-
-    model = models[name]
-    ids = leading_ids(checkpoints[name], model.cfg, 100)
-    assert ids[:100].tolist() == list(range(100))
-    assert set(model.cfg.eos_token_ids) <= set(ids.tolist())
-    cut = restrict_vocab(model, ids)
-    tokens = random_tokens(9, seed=2)
-    [full] = Scorer(model, batch=1, page_size=4).feed([tokens])
-    [part] = Scorer(cut, batch=1, page_size=4).feed([tokens])
-    kept = torch.zeros(model.cfg.vocab_size, dtype=torch.bool)
-    kept[ids] = True
-    assert torch.equal(part[:, kept], full[:, kept])
-    assert bool((part[:, ~kept] == float("-inf")).all())
-    with pytest.raises(ValueError, match="sorted, unique"):
-        restrict_vocab(cut, ids)
-
-
 def test_missing_weights_file(ckpt):
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(

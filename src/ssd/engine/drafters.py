@@ -292,7 +292,6 @@ class DraftConfig:
     budget: int = 0  # SSD with the estimator: the sum of the fan-out
     accept: float | None = None  # a_p; None: estimated online
     power: float | None = None  # r; None: estimated online
-    vocab: int = 0  # > 0: the draft proposes only the first `vocab` ids and special tokens
 
 
 def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
@@ -306,15 +305,13 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     """Load the draft checkpoint and build an SD or SSD drafter with its own KV pages."""
     from ssd.kv import alloc_kv_cache
     from ssd.models.loading import load_model
-    from ssd.models.quantize import leading_ids, quantize_int8, restrict_vocab
+    from ssd.models.quantize import quantize_int8
 
     # "int8": int8 weights (ssd.models.quantize) with bf16 activations and KV.
     dtype = torch.bfloat16 if cfg.dtype == "int8" else getattr(torch, cfg.dtype)
     model = load_model(cfg.path, dtype=dtype, device=cfg.device)
     if cfg.dtype == "int8":
         model = quantize_int8(model)
-    if cfg.vocab:
-        model = restrict_vocab(model, leading_ids(cfg.path, model.cfg, cfg.vocab))
     pages, extra = draft_kv_pages(cfg)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra)

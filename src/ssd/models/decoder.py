@@ -69,9 +69,6 @@ class Params:
     # int8 weights (`ssd.models.quantize`) carry fp32 per-row scales: a layer weight `name` in
     # `layers[name + "_scale"]`, the head in `head_scale["lm_head"]`; empty for float weights.
     head_scale: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-    # A draft's head cut to part of the vocabulary (`ssd.models.quantize.restrict_vocab`): the
-    # token id of each `lm_head` row; the other tokens get logit -inf. None: row i is token i.
-    head_ids: Tensor | None = None
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
@@ -225,11 +222,8 @@ def forward_unchecked(
     if logits_at is not None:  # the head is the largest matrix: apply it only where needed
         x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
     x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
-    head = linear(x, params.lm_head, None, params.head_scale.get("lm_head")).float()
-    if params.head_ids is not None:
-        full = head.new_full((*head.shape[:-1], cfg.vocab_size), float("-inf"))
-        head = full.index_copy(-1, params.head_ids, head)
-    return head, KVCache(kv.k_pages, kv.v_pages)
+    head = linear(x, params.lm_head, None, params.head_scale.get("lm_head"))
+    return head.float(), KVCache(kv.k_pages, kv.v_pages)
 
 
 def forward(
