@@ -49,7 +49,9 @@ class LLM:
     shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
-    slots, enough by default for `max_batch` sequences of `max_model_len` tokens.
+    slots, enough by default for `max_batch` sequences of `max_model_len` tokens; with
+    `prefix_caching` the target's full prompt pages are shared by content between requests
+    (`ssd.engine.prefix_cache`).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class LLM:
         draft_process: bool = False,
         draft_device: str | None = None,
         draft_timeout_s: float = 120.0,
+        prefix_caching: bool = False,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -139,7 +142,7 @@ class LLM:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
         target_model = TargetModel(
-            self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead
+            self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead, prefix_caching
         )
         self._next_id = 0  # request ids, unique for the engine's life
         self._outputs: dict[int, RequestOutput] = {}  # by request id, until finished
@@ -169,9 +172,16 @@ class LLM:
         self.close()
 
     @property
-    def metrics(self) -> dict[str, float | list[float] | None] | None:
-        """Speculation metrics of the last `generate` call (docs/design.md §5); None in AR."""
-        return self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else None
+    def metrics(self) -> dict[str, float | list[float] | None]:
+        """Speculation metrics of the last busy period, a `generate` call say (docs/design.md
+        §5; none in AR), and the prefix cache's since the engine started: prompt tokens
+        admitted, those whose KV pages were shared, and their ratio."""
+        out = self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else {}
+        pages = self.runner.target.pages
+        out["prefix_cache_prompt_tokens"] = pages.prompt_tokens
+        out["prefix_cache_hit_tokens"] = pages.hit_tokens
+        out["prefix_cache_hit_rate"] = pages.hit_tokens / max(pages.prompt_tokens, 1)
+        return out
 
     def add_request(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> int:
         """Queue one request and return its id; it joins the running batch at a later `step`,

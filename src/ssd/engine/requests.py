@@ -43,6 +43,7 @@ class Request:
     stop_ids: frozenset[int]
     out: list[int] = dataclasses.field(default_factory=list)
     pages: list[int] = dataclasses.field(default_factory=list)
+    cached: int = 0  # prompt tokens whose target KV came from the prefix cache
     finish_reason: str | None = None
     acceptance: AcceptanceStats | None = None  # its verification rounds (SD/SSD)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from ssd import random as rnd
+from ssd.engine.prefix_cache import PrefixCache
 from ssd.engine.requests import Request
 from ssd.engine.speculation import PAD_PARAMS
 from ssd.jit import Step, length_buckets, pow2
-from ssd.kv import KVCache, PageAllocator, pack_tokens, step_meta
+from ssd.kv import KVCache, pack_tokens, step_meta
 from ssd.models.loading import Model
 from ssd.sampling import SamplingTensors
 from ssd.steps import decode_step
@@ -29,19 +30,27 @@ class TargetModel:
     """
 
     def __init__(
-        self, model: Model, kv: KVCache, step: Step, max_batch: int, max_len: int, lookahead: int
+        self,
+        model: Model,
+        kv: KVCache,
+        step: Step,
+        max_batch: int,
+        max_len: int,
+        lookahead: int,
+        prefix_caching: bool = False,
     ):
         self.model, self.kv, self.step = model, kv, step
         self.max_batch, self.max_len, self.lookahead = max_batch, max_len, lookahead
-        self.pages = PageAllocator(kv.num_pages, kv.page_size)
+        self.pages = PrefixCache(kv.num_pages, kv.page_size, enabled=prefix_caching)
         self.device = kv.k_pages.device
 
     def reserve(self, req: Request) -> bool:
-        """Take the pages the request needs for its whole run; False if too few are free."""
+        """Take the pages the request needs for its whole run (sharing the cached pages of its
+        prompt's prefix); False if too few are free."""
         need = self.slots_needed(req)
-        if -(-need // self.kv.page_size) > self.pages.num_free:
+        if self.pages.pages_to_take(req.prompt, need) is None:
             return False
-        self.pages.ensure(req.pages, need)
+        req.cached = self.pages.acquire(req.pages, req.prompt, need)
         return True
 
     def release(self, req: Request) -> None:
@@ -62,13 +71,17 @@ class TargetModel:
             )
 
     def prefill(self, batch: list[Request]) -> list[int]:
-        """Each request's prompt into the cache; returns the first token of each."""
+        """Each request's prompt, past its cached prefix, into the cache; returns the first
+        token of each."""
         out = [0] * len(batch)
-        for q, rows in length_buckets([len(r.prompt) for r in batch]):
+        for q, rows in length_buckets([len(r.prompt) - r.cached for r in batch]):
             group = [batch[i] for i in rows]
-            tokens = self._step(group, [r.prompt for r in group], [0] * len(group), q)
+            seqs = [r.prompt[r.cached :] for r in group]
+            tokens = self._step(group, seqs, [r.cached for r in group], q)
             for i, t in zip(rows, tokens, strict=True):
                 out[i] = t
+        for req in batch:
+            self.pages.register(req.pages, req.prompt)
         return out
 
     def decode(self, batch: list[Request]) -> list[int]:
