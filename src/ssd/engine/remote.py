@@ -206,7 +206,7 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
             drafter.observe(batch, accepted, token, seconds)
             for r, a, t in zip(batch, accepted, token, strict=True):
                 r.out += [*drafted[r.id][:a], t]
-        for i in msg["release"]:  # before admitting: a new request may reuse a finished id
+        for i in msg["release"]:  # before admitting: their pages return first
             drafter.release(mirrors.pop(i))
             drafted.pop(i, None)
         new = [Request(i, p, sp, seed, frozenset(), out) for i, p, sp, seed, out in msg["admit"]]
