@@ -162,8 +162,7 @@ class LLM:
 
     def close(self) -> None:
         """Stop the draft process, if any."""
-        if isinstance(self.runner, SpecRunner):
-            self.runner.close()
+        self.runner.close()
 
     def __enter__(self) -> LLM:
         return self
@@ -219,7 +218,7 @@ class LLM:
         """
         outputs, ids = self._submit(prompts, sampling_params)
         bar = tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm)
-        for out in self._run(ids):
+        for out in self._run(ids, stream=False):
             if out.finish_reason is not None:
                 outputs[ids[out.request_id]] = out
                 bar.update()
@@ -236,7 +235,7 @@ class LLM:
         Refused prompts are yielded first, once, with `finish_reason="error"`."""
         outputs, ids = self._submit(prompts, sampling_params)
         yield from (o for o in outputs if o.finish_reason == "error")
-        for out in self._run(ids):
+        for out in self._run(ids, stream=True):
             yield self._renumber(out, ids[out.request_id])
 
     def _submit(
@@ -261,16 +260,16 @@ class LLM:
                 outputs[i].finish_reason, outputs[i].error = "error", str(e)
         return outputs, ids
 
-    def _run(self, ids: dict[int, int]) -> Iterator[RequestOutput]:
+    def _run(self, ids: dict[int, int], stream: bool) -> Iterator[RequestOutput]:
         """Step until the requests `ids` finish, yielding their outputs; other requests'
         outputs (from `add_request`) are held for the next `step`."""
         left = set(ids)
         while left:
             for req, n in self.runner.step():
-                out = self._advance(req, n)
                 if req.id not in ids:
-                    self._held.append(out)
+                    self._held.append(self._advance(req, n))
                     continue
+                out = self._advance(req, n, stream)
                 if out.finish_reason is not None:
                     left.discard(req.id)
                 yield out
@@ -283,10 +282,11 @@ class LLM:
         self._next_id += 1
         return req
 
-    def _advance(self, req: Request, n: int) -> RequestOutput:
-        """A snapshot of the request's output after it gained `n` tokens."""
+    def _advance(self, req: Request, n: int, stream: bool = True) -> RequestOutput:
+        """A snapshot of the request's output after it gained `n` tokens; its text is decoded
+        when streamed and once finished (not at every step of a `generate` call)."""
         out = self._outputs[req.id]
-        self._fill(out, req)
+        self._fill(out, req, text=stream or req.finish_reason is not None)
         out.new_token_ids = req.out[len(req.out) - n :]
         if req.finish_reason is not None:
             del self._outputs[req.id]
@@ -296,10 +296,10 @@ class LLM:
     def _renumber(out: RequestOutput, place: int) -> RequestOutput:
         return dataclasses.replace(out, request_id=place)
 
-    def _fill(self, out: RequestOutput, req: Request) -> None:
+    def _fill(self, out: RequestOutput, req: Request, text: bool) -> None:
         out.token_ids, out.finish_reason = req.out, req.finish_reason
         out.acceptance = req.acceptance
-        if self.tokenizer is not None:
+        if text and self.tokenizer is not None:
             out.text = self.tokenizer.decode(req.out, skip_special_tokens=True)
 
     def _encode(self, prompt: str) -> list[int]:

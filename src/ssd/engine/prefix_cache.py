@@ -62,19 +62,15 @@ class PrefixCache:
             pages.append(self._by_hash[h])
         return pages
 
-    def pages_to_take(self, prompt: Sequence[int], length: int) -> int | None:
-        """How many pages a request of `length` slots starting with `prompt` would take from
-        `num_free`, or None if they are not there."""
-        hits = self.lookup(prompt)
-        idle_hits = sum(page in self._idle for page in hits)
-        new = -(-length // self.page_size) - len(hits)
-        return new + idle_hits if new <= self.num_free - idle_hits else None
-
-    def acquire(self, table: list[int], prompt: Sequence[int], length: int) -> int:
+    def acquire(self, table: list[int], prompt: Sequence[int], length: int) -> int | None:
         """Fill the empty `table` with the cached prefix's pages and fresh ones up to `length`
-        slots; returns how many prompt tokens the cached pages hold."""
+        slots; returns how many prompt tokens the cached pages hold, or None (and takes
+        nothing) when too few pages are free."""
         assert not table
         hits = self.lookup(prompt)
+        idle_hits = sum(page in self._idle for page in hits)
+        if -(-length // self.page_size) - len(hits) > self.num_free - idle_hits:
+            return None
         for page in hits:
             self._idle.pop(page, None)
             self._refs[page] = self._refs.get(page, 0) + 1

@@ -47,10 +47,10 @@ class TargetModel:
     def reserve(self, req: Request) -> bool:
         """Take the pages the request needs for its whole run (sharing the cached pages of its
         prompt's prefix); False if too few are free."""
-        need = self.slots_needed(req)
-        if self.pages.pages_to_take(req.prompt, need) is None:
+        cached = self.pages.acquire(req.pages, req.prompt, self.slots_needed(req))
+        if cached is None:
             return False
-        req.cached = self.pages.acquire(req.pages, req.prompt, need)
+        req.cached = cached
         return True
 
     def release(self, req: Request) -> None:
