@@ -18,12 +18,12 @@ from ssd.engine.drafters import DraftConfig, draft_kv_pages, make_drafter
 from ssd.engine.remote import RemoteDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
 from ssd.engine.spec import SpecRunner
-from ssd.engine.target import TargetModel, make_step
-from ssd.jit import Step
+from ssd.engine.target import TargetModel, target_steps
+from ssd.engine.tensor_parallel import TargetSpec, TensorParallelTarget, under_torchrun
 from ssd.kv import alloc_kv_cache, kv_cache_bytes
 from ssd.models.config import ModelConfig
 from ssd.models.loading import load_model, load_tokenizer
-from ssd.steps import verify_step
+from ssd.models.sharding import check_tensor_parallel
 
 Prompt = str | Sequence[int]
 
@@ -51,7 +51,9 @@ class LLM:
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
     slots, enough by default for `max_batch` sequences of `max_model_len` tokens; with
     `prefix_caching` the target's full prompt pages are shared by content between requests
-    (`ssd.engine.prefix_cache`).
+    (`ssd.engine.prefix_cache`). `tensor_parallel=N` splits the target over N processes
+    (`ssd.engine.tensor_parallel`: spawned here on CPU, or the ranks of a `torchrun` launch);
+    the draft keeps its own process or this one.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class LLM:
         draft_device: str | None = None,
         draft_timeout_s: float = 120.0,
         prefix_caching: bool = False,
+        tensor_parallel: int = 1,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -101,6 +104,11 @@ class LLM:
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
         _check_sizes(k, max_batch, self.max_len, page_size, num_pages, draft_timeout_s)
+        if not is_int(tensor_parallel):
+            raise ValueError(f"tensor_parallel must be an integer, got {tensor_parallel!r}")
+        check_tensor_parallel(cfg, tensor_parallel)
+        if tensor_parallel > 1 and device.type != "cpu" and not under_torchrun():
+            raise ValueError("a tensor-parallel target on GPUs is launched with torchrun")
         jit_name = jit or ("cudagraph" if device.type == "cuda" else "eager")
         lookahead = 0 if mode == "ar" else k + 1
         pages = num_pages or max_batch * -(-(self.max_len + lookahead) // page_size)
@@ -134,15 +142,22 @@ class LLM:
             kv_bytes.append((torch.device(dcfg.device), draft_bytes))
         _check_memory(kv_bytes)
 
-        self.model = load_model(target, dtype=dtype, device=device)
+        self._mesh: TensorParallelTarget | None = None
+        steps = target_steps(jit_name)
+        if tensor_parallel > 1:  # this process is rank 0 of the target's mesh
+            spec = TargetSpec(str(target), str(dtype).removeprefix("torch."), str(device), pages, page_size, jit_name)
+            self._mesh = TensorParallelTarget(spec, tensor_parallel, target_steps)
+            self.model, steps = self._mesh.model, self._mesh.steps
+        else:
+            self.model = load_model(target, dtype=dtype, device=device)
         self.tokenizer: Any = _tokenizer(target, cfg.vocab_size)
-        kv = alloc_kv_cache(cfg, pages, page_size, dtype=dtype, device=device)
+        kv = alloc_kv_cache(self.model.cfg, pages, page_size, dtype=dtype, device=device)
         eos = set(cfg.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
         target_model = TargetModel(
-            self.model, kv, make_step(jit_name), max_batch, self.max_len, lookahead, prefix_caching
+            self.model, kv, steps[0], max_batch, self.max_len, lookahead, prefix_caching
         )
         self._next_id = 0  # request ids, unique for the engine's life
         self._outputs: dict[int, RequestOutput] = {}  # by request id, until finished
@@ -156,13 +171,14 @@ class LLM:
         drafter = (
             RemoteDrafter(dcfg, timeout_s=draft_timeout_s) if draft_process else make_drafter(dcfg)
         )
-        verify = Step(verify_step, jit_name, persistent=(0, 2), donate=2)
         fallback = (lambda: make_drafter(local)) if draft_process else None
-        self.runner = SpecRunner(target_model, verify, drafter, fallback)
+        self.runner = SpecRunner(target_model, steps[1], drafter, fallback)
 
     def close(self) -> None:
-        """Stop the draft process, if any."""
+        """Stop the draft process and the target's other ranks, if any."""
         self.runner.close()
+        if self._mesh is not None:
+            self._mesh.close()
 
     def __enter__(self) -> LLM:
         return self

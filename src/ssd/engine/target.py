@@ -17,7 +17,7 @@ from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import KVCache, pack_tokens, step_meta
 from ssd.models.loading import Model
 from ssd.sampling import SamplingTensors
-from ssd.steps import decode_step
+from ssd.steps import decode_step, verify_step
 
 
 class TargetModel:
@@ -122,3 +122,8 @@ def make_step(jit: str) -> Step:
     """`decode_step` under a jit; weights (arg 0) and KV pages (arg 2) persist, the cache is
     donated."""
     return Step(decode_step, jit, persistent=(0, 2), donate=2)
+
+
+def target_steps(jit: str) -> list[Step]:
+    """Every step the target runs: decode (prefill too), then verification."""
+    return [make_step(jit), Step(verify_step, jit, persistent=(0, 2), donate=2)]

@@ -34,6 +34,19 @@ class Llama3RopeScaling:
 
 
 @dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's part of a tensor-parallel model (`ssd.models.sharding`): its rank in a
+    mesh axis of `size` processes joined by the process group named `group` (the name is what
+    functional collectives take, so the sharded forward stays one traceable function), and the
+    first vocabulary id of its rows of the embedding and head."""
+
+    group: str
+    rank: int
+    size: int
+    vocab_start: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything the forward needs that is not a tensor. Hashable: a static pytree field."""
 
@@ -55,6 +68,8 @@ class ModelConfig:
     qk_norm: bool
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # Set on a tensor-parallel shard, whose head/ffn counts above are then its own part.
+    shard: Shard | None = None
 
     @property
     def q_size(self) -> int:

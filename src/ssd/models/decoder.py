@@ -5,6 +5,10 @@ One implementation for all three families; they differ only in static flags of
 Llama and Qwen3: all four or none) and whether q and k get a per-head RMSNorm before RoPE
 (Qwen3). Numerics follow `transformers` (RMSNorm in float32, RoPE as
 ``x * cos + rotate_half(x) * sin`` with float32 angles) so that fp32 logits agree to rounding.
+
+A tensor-parallel shard (``cfg.shard``, `ssd.models.sharding`) runs the same code on its part
+of the weights, with one all-reduce after the embedding, the attention block and the MLP, and
+an all-gather of the logits: functional collectives, so the step stays one traceable function.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import math
 
 import torch
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -134,7 +139,43 @@ def _attention_block(
     out = paged_attention(
         q, kv.k_pages[layer], kv.v_pages[layer], meta.block_tables, mask, cfg.head_dim**-0.5
     )
-    return _proj(lp, "wo", out.reshape(b, q_len, cfg.q_size), "bo")
+    if cfg.shard is None:
+        return _proj(lp, "wo", out.reshape(b, q_len, cfg.q_size), "bo")
+    o = _all_reduce(_proj(lp, "wo", out.reshape(b, q_len, cfg.q_size)), cfg)
+    return o + lp["bo"] if "bo" in lp else o  # the replicated bias, once
+
+
+def _all_reduce(x: Tensor, cfg: ModelConfig) -> Tensor:
+    """Sum the ranks' partial results (identity without a shard)."""
+    if cfg.shard is None:
+        return x
+    return _waited(funcol.all_reduce(x, "sum", cfg.shard.group))
+
+
+def _waited(x: Tensor) -> Tensor:
+    # Eager calls return a tensor that waits on first use; wait here, where the value is due.
+    return x.wait() if isinstance(x, funcol.AsyncCollectiveTensor) else x
+
+
+def _embed(tokens: Tensor, params: Params, cfg: ModelConfig) -> Tensor:
+    """Embedding rows; a shard looks up only its own vocabulary rows and zeros the rest, and the
+    all-reduce fills them in exactly (each row is one rank's value plus zeros)."""
+    if cfg.shard is None:
+        return F.embedding(tokens, params.embed)
+    rows = params.embed.shape[0]
+    local = tokens - cfg.shard.vocab_start
+    mine = (local >= 0) & (local < rows)
+    x = F.embedding(local.clamp(0, rows - 1), params.embed) * mine[..., None]
+    return _all_reduce(x, cfg)
+
+
+def _gather_vocab(logits: Tensor, cfg: ModelConfig) -> Tensor:
+    """A shard's logits [..., V / N] -> every rank's [..., V] (padding rows dropped)."""
+    if cfg.shard is None:
+        return logits
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    parts = _waited(gather(logits.movedim(-1, 0).contiguous(), 0, cfg.shard.group))
+    return parts.movedim(0, -1)[..., : cfg.vocab_size]
 
 
 def _proj(lp: LayerParams, name: str, x: Tensor, bias: str | None = None) -> Tensor:
@@ -142,9 +183,9 @@ def _proj(lp: LayerParams, name: str, x: Tensor, bias: str | None = None) -> Ten
     return linear(x, lp[name], None if bias is None else lp.get(bias), lp.get(name + "_scale"))
 
 
-def _mlp_block(lp: LayerParams, x: Tensor) -> Tensor:
+def _mlp_block(lp: LayerParams, cfg: ModelConfig, x: Tensor) -> Tensor:
     gate, up = _proj(lp, "w_gate", x), _proj(lp, "w_up", x)
-    return _proj(lp, "w_down", F.silu(gate) * up)
+    return _all_reduce(_proj(lp, "w_down", F.silu(gate) * up), cfg)
 
 
 def _layer(
@@ -160,7 +201,7 @@ def _layer(
     """One decoder layer, op by op: attention and MLP blocks with pre-norms and residuals."""
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
     x = x + _attention_block(lp, cfg, kv, layer, h, rope, meta, mask)
-    return x + _mlp_block(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+    return x + _mlp_block(lp, cfg, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
 
 
 _FUSED_WEIGHTS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
@@ -207,11 +248,12 @@ def forward_unchecked(
     that a compiled region must not contain; `ssd.jit` wraps this and donates outside)."""
     if tokens.shape != meta.positions.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} vs positions {tuple(meta.positions.shape)}")
-    x = F.embedding(tokens, params.embed)
+    x = _embed(tokens, params, cfg)
     rope = rope_tables(meta.positions, params.inv_freq, x.dtype)
     mask = attention_mask(meta, kv.page_size)
     fused = (
         not cfg.qk_norm
+        and cfg.shard is None
         and kv.k_pages.dtype == torch.bfloat16
         and kernels.fused_layers(x, [params.layers[name] for name in _MATRICES])
     )
@@ -223,7 +265,7 @@ def forward_unchecked(
         x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
     x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
     head = linear(x, params.lm_head, None, params.head_scale.get("lm_head"))
-    return head.float(), KVCache(kv.k_pages, kv.v_pages)
+    return _gather_vocab(head.float(), cfg), KVCache(kv.k_pages, kv.v_pages)
 
 
 def forward(

@@ -1,0 +1,274 @@
+"""A tensor-parallel target: N processes, each holding its shard of the weights and KV cache.
+
+Rank 0 is the engine's own process: it schedules, builds each step's inputs and samples, as
+with one process. Before each target step it broadcasts the step's inputs (tokens, attention
+metadata, sampling tensors, keys, proposals: everything but the weights and the cache) to the
+other ranks, which run the same pure step on their shards; the collectives inside the forward
+(`ssd.models.decoder`) join the ranks' partial results. Every rank computes the same logits and
+draws the same tokens from the same keys; rank 0 keeps them.
+
+Two ways to form the group:
+- `LLM(tensor_parallel=N)` in a plain process spawns ranks 1..N-1 on this machine, joined by a
+  private gloo group registered under its own name (no global torch.distributed state, no
+  fixed port: several engines can share a machine), each rank pinned to its share of the cores;
+- under `torchrun` (WORLD_SIZE set), every launched process is a rank of the default group
+  and of a one-axis `DeviceMesh` ("tp"): gloo on CPU, NCCL on GPUs, on one machine or several.
+  Ranks other than 0 serve inside `LLM(...)` and exit the process when rank 0 closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import faulthandler
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ssd.jit import Step
+from ssd.kv import alloc_kv_cache
+from ssd.models.loading import Model, load_model
+from ssd.models.sharding import shard_model
+
+# A follower waits for rank 0 without limit between steps (the engine may idle for hours).
+_FOREVER = datetime.timedelta(days=3650)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """What every rank needs to build its shard: the checkpoint, its precision and device, the
+    KV cache's geometry, and the jit of its steps."""
+
+    path: str
+    dtype: str
+    device: str
+    num_pages: int
+    page_size: int
+    jit: str
+
+
+class Group:
+    """A tensor-parallel group as one rank sees it: its name for the functional collectives,
+    and a broadcast of pickled objects from rank 0 for the step inputs."""
+
+    def __init__(self, pg: Any, name: str, rank: int, size: int, store: Any = None):
+        self.pg, self.name, self.rank, self.size = pg, name, rank, size
+        self.store = store  # a private group's rendezvous, kept alive with it
+
+    def broadcast(self, obj: Any = None, timeout: datetime.timedelta | None = None) -> Any:
+        """Rank 0 sends `obj`; every rank returns it."""
+        if self.rank == 0:
+            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            self._bcast(torch.tensor([data.numel()]), timeout)
+            self._bcast(data, timeout)
+            return obj
+        n = int(self._bcast(torch.zeros(1, dtype=torch.int64), timeout))
+        return pickle.loads(self._bcast(torch.empty(n, dtype=torch.uint8), timeout).numpy())
+
+    def _bcast(self, t: torch.Tensor, timeout: datetime.timedelta | None) -> torch.Tensor:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        if timeout is not None:
+            opts.timeout = timeout
+        self.pg.broadcast([t], opts).wait()
+        return t
+
+
+def private_group(
+    port: int, rank: int, size: int, timeout_s: float, wait: Callable[[Any], None] | None = None
+) -> Group:
+    """Join the gloo group of `size` ranks at the TCP store on `port` (rank 0 hosts the store
+    and first runs `wait(store)`), registered under a name of its own so that functional
+    collectives find it."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(
+        "127.0.0.1", port, size, rank == 0, timeout=timeout, wait_for_workers=False
+    )
+    if rank:
+        store.set(f"up{rank}", "1")
+    elif wait is not None:
+        wait(store)
+    backend = dist.ProcessGroupGloo(store, rank, size, timeout)
+    pg = dist.ProcessGroup(store, rank, size)
+    pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
+    pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, backend)
+    name = f"ssd-tp-{port}"
+    pg._set_group_name(name)
+    torch._C._distributed_c10d._register_process_group(name, pg)
+    return Group(pg, name, rank, size, store)
+
+
+def torchrun_group(size: int, device: torch.device) -> Group:
+    """This process's rank of the one-axis "tp" `DeviceMesh` over the `torchrun` world."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = int(os.environ["WORLD_SIZE"])
+    if world != size:
+        raise ValueError(f"tensor_parallel={size} but torchrun started {world} processes")
+    if not dist.is_initialized():
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    mesh = init_device_mesh(device.type, (size,), mesh_dim_names=("tp",))
+    pg = mesh.get_group("tp")
+    return Group(pg, pg.group_name, mesh.get_local_rank("tp"), size)
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class MirroredStep:
+    """A target step on rank 0 that first sends its inputs to the other ranks, which run
+    their `steps[index]` on their own shards."""
+
+    def __init__(self, step: Step, index: int, group: Group):
+        self.step, self.index, self.group = step, index, group
+
+    def __call__(self, params: Any, cfg: Any, kv: Any, *inputs: Any) -> Any:
+        self.group.broadcast(("step", self.index, inputs))
+        return self.step(params, cfg, kv, *inputs)
+
+
+def load_shard(spec: TargetSpec, group: Group) -> Model:
+    """This rank's shard of the target (the full weights are read, split, then freed)."""
+    full = load_model(spec.path, dtype=getattr(torch, spec.dtype), device=spec.device)
+    return shard_model(full, group.name, group.rank, group.size)
+
+
+def follow(spec: TargetSpec, group: Group, make_steps: Callable[[str], list[Step]]) -> None:
+    """A rank other than 0: build the shard, then run each step rank 0 announces, until it says
+    exit or its connection closes."""
+    model = load_shard(spec, group)
+    kv = alloc_kv_cache(
+        model.cfg, spec.num_pages, spec.page_size, getattr(torch, spec.dtype), spec.device
+    )
+    steps = make_steps(spec.jit)
+    group.broadcast(timeout=_FOREVER)  # rank 0's "ready" once every rank has its shard
+    while True:
+        try:
+            msg = group.broadcast(timeout=_FOREVER)
+        except RuntimeError:  # rank 0 is gone
+            return
+        if msg[0] == "exit":
+            return
+        _, index, inputs = msg
+        kv = steps[index](model.params, model.cfg, kv, *inputs)[0]
+
+
+class TensorParallelTarget:
+    """Rank 0's handle on the group: its own shard, the steps mirrored to the other ranks, and
+    `close()` to stop them (spawned ranks are joined; torchrun ranks return from `LLM`)."""
+
+    def __init__(
+        self,
+        spec: TargetSpec,
+        size: int,
+        make_steps: Callable[[str], list[Step]],
+        startup_timeout_s: float = 900.0,
+    ):
+        self.procs: list[Any] = []
+        self._affinity = os.sched_getaffinity(0)
+        self._threads = torch.get_num_threads()
+        if under_torchrun():
+            self.group = torchrun_group(size, torch.device(spec.device))
+            if self.group.rank != 0:
+                follow(spec, self.group, make_steps)
+                dist.destroy_process_group()
+                sys.exit(0)
+        else:
+            self.group = self._spawn(spec, size, make_steps, startup_timeout_s)
+        self.model = load_shard(spec, self.group)
+        self.steps = [MirroredStep(s, i, self.group) for i, s in enumerate(make_steps(spec.jit))]
+        self.group.broadcast("ready")
+        self.closed = False
+
+    def _spawn(
+        self,
+        spec: TargetSpec,
+        size: int,
+        make_steps: Callable[[str], list[Step]],
+        timeout_s: float,
+    ) -> Group:
+        store = dist.TCPStore("127.0.0.1", 0, 1, True, wait_for_workers=False)
+        port = store.port
+        del store  # the port is free again for the group's own store
+        cores = _core_shares(size) if spec.device == "cpu" else None
+        ctx = mp.get_context("spawn")
+        for rank in range(1, size):
+            proc = ctx.Process(
+                target=_serve,
+                args=(spec, port, rank, size, timeout_s, make_steps, cores and cores[rank]),
+                daemon=True,
+            )
+            proc.start()
+            self.procs.append(proc)
+        if cores is not None:
+            os.sched_setaffinity(0, cores[0])
+            torch.set_num_threads(len(cores[0]))
+        return private_group(port, 0, size, timeout_s, wait=self._await_ranks(timeout_s))
+
+    def _await_ranks(self, timeout_s: float) -> Callable[[Any], None]:
+        """Wait for every spawned rank to reach the store; fail at once if one dies on the way
+        (a bad import, say) instead of after the whole timeout."""
+
+        def wait(store: Any) -> None:
+            deadline = time.monotonic() + timeout_s
+            keys = [f"up{rank}" for rank in range(1, len(self.procs) + 1)]
+            while not store.check(keys):
+                dead = [p.exitcode for p in self.procs if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    self._stop(time.monotonic())
+                    state = f"exited with codes {dead}" if dead else f"not up in {timeout_s:g} s"
+                    raise RuntimeError(f"tensor-parallel ranks {state}")
+                time.sleep(0.02)
+
+        return wait
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(RuntimeError):  # a rank is gone already
+            self.group.broadcast(("exit",), timeout=datetime.timedelta(seconds=10))
+        self._stop(time.monotonic() + 10)
+        os.sched_setaffinity(0, self._affinity)
+        torch.set_num_threads(self._threads)
+
+    def _stop(self, deadline: float) -> None:
+        for proc in self.procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _core_shares(size: int) -> list[set[int]] | None:
+    """Each rank's CPU cores: this process's cores in `size` contiguous shares."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < size:
+        return None
+    n = len(cores) // size
+    return [set(cores[r * n : (r + 1) * n]) for r in range(size)]
+
+
+def _serve(
+    spec: TargetSpec,
+    port: int,
+    rank: int,
+    size: int,
+    timeout_s: float,
+    make_steps: Callable[[str], list[Step]],
+    cores: set[int] | None,
+) -> None:
+    faulthandler.enable()
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(len(cores))
+    follow(spec, private_group(port, rank, size, timeout_s), make_steps)

@@ -1,0 +1,62 @@
+"""A tensor-parallel target (two gloo ranks on CPU) in the engine: AR, SD and SSD give the
+tokens of one process, greedy and seeded; the draft keeps its own process (three in all).
+
+Each test spawns processes: it has a timeout, and faulthandler dumps every stack on a hang
+(pytest's faulthandler_timeout), since a collective one rank never reaches blocks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import hf_greedy
+from ssd import LLM, SamplingParams
+
+PROMPTS = [[5, 17, 99, 3, 250, 8, 41], [200, 1], [7, 7, 7, 7, 30, 31, 32, 33, 34, 35, 36, 90]]
+GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("target_name", "options"),
+    [
+        ("llama_bias_gqa2", {"mode": "ar", "prefix_caching": True}),
+        # one kv head on two ranks: replicated
+        ("llama3_scaled_gqa4_tied", {"mode": "sd", "k": 3}),
+        ("qwen2", {"mode": "ssd", "k": 3, "draft_process": True, "saguaro_c": 0.5}),
+        ("qwen3_tied", {"mode": "sd", "k": 4, "draft_process": True}),
+    ],
+)
+def test_greedy_tokens_of_a_two_rank_target_equal_transformers(target_name, options, checkpoints):
+    target = checkpoints[target_name]
+    draft = None if options["mode"] == "ar" else checkpoints["llama"]
+    want = [hf_greedy(target, p, GREEDY.max_tokens) for p in PROMPTS]
+    with LLM(target, draft=draft, max_batch=2, page_size=4, tensor_parallel=2, **options) as llm:
+        got = [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+        again = llm.generate(PROMPTS[2], GREEDY, use_tqdm=False)[0].token_ids
+        ranks = llm._mesh.procs
+    assert got == want and again == want[2]
+    assert not any(p.is_alive() for p in ranks)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["ar", "ssd"])
+def test_seeded_tokens_of_a_two_rank_target_equal_one_rank(mode, checkpoints):
+    target = checkpoints["qwen2"]
+    draft = None if mode == "ar" else checkpoints["qwen3_tied"]
+    params = [SamplingParams(temperature=1.0, top_p=0.9, seed=s, max_tokens=24) for s in range(3)]
+    options = {"mode": mode, "draft": draft, "max_batch": 2}
+    one = [o.token_ids for o in LLM(target, **options).generate(PROMPTS, params, use_tqdm=False)]
+    with LLM(target, tensor_parallel=2, **options) as llm:
+        two = [o.token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    assert two == one
+
+
+def test_a_target_that_does_not_split_is_refused_before_loading(checkpoints, monkeypatch):
+    import ssd.llm
+
+    monkeypatch.setattr(ssd.llm, "load_model", None)  # any load would fail loudly
+    with pytest.raises(ValueError, match="4 attention heads do not split over 3"):
+        LLM(checkpoints["llama"], tensor_parallel=3)
+    with pytest.raises(ValueError, match="tensor_parallel must be an integer"):
+        LLM(checkpoints["llama"], tensor_parallel=2.5)
