@@ -145,7 +145,14 @@ class LLM:
         self._mesh: TensorParallelTarget | None = None
         steps = target_steps(jit_name)
         if tensor_parallel > 1:  # this process is rank 0 of the target's mesh
-            spec = TargetSpec(str(target), str(dtype).removeprefix("torch."), str(device), pages, page_size, jit_name)
+            spec = TargetSpec(
+                str(target),
+                str(dtype).removeprefix("torch."),
+                str(device),
+                pages,
+                page_size,
+                jit_name,
+            )
             self._mesh = TensorParallelTarget(spec, tensor_parallel, target_steps)
             self.model, steps = self._mesh.model, self._mesh.steps
         else:
