@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
     gen.add_argument("--draft-process", action="store_true", help="run the draft in a process")
     gen.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the target over N processes (spawned here, or the ranks of a torchrun "
+        "launch: docs/engine.md)",
+    )
+    gen.add_argument(
         "--dtype",
         default=None,
         help="the target's dtype, e.g. bfloat16 (default: bfloat16 with the default pair)",
@@ -139,6 +147,8 @@ def _generate_problem(args: argparse.Namespace) -> str | None:
         return f"--k (draft tokens per round) must be between 1 and {MAX_K}, got {args.k}"
     if args.max_tokens < 1:
         return f"--max-tokens (max_tokens) must be >= 1, got {args.max_tokens}"
+    if args.tensor_parallel < 1:
+        return f"--tensor-parallel must be >= 1, got {args.tensor_parallel}"
     if args.draft and not args.target:
         return "--draft needs --target"
     if args.mode in ("sd", "ssd") and args.target and not args.draft:
@@ -184,6 +194,7 @@ def _generate(args: argparse.Namespace, opts: dict) -> int:
     engine = {key: value for key, value in opts.items() if key not in ("target", "reason")}
     if engine["draft"] is None:
         engine = {"dtype": engine.get("dtype"), "mode": "ar"}
+    engine["tensor_parallel"] = args.tensor_parallel
     tokens, seconds = 0, 0.0
     with LLM(opts["target"], draft_process=args.draft_process, **engine) as llm:
         for prompt in args.prompts:

@@ -120,20 +120,28 @@ CASES = {
         FLAT,
         shuffled_cache,
     ),
+    # the target split over two processes (gloo), the draft in a third
+    "sd tensor-parallel target": ({"mode": "sd", "tensor_parallel": 2}, FILTERED, None),
+    "ssd tensor-parallel target, draft process C=0.5": (
+        {"mode": "ssd", "tensor_parallel": 2, "draft_process": True, "saguaro_c": 0.5},
+        FLAT,
+        None,
+    ),
 }
 
 
+@pytest.mark.timeout(300)  # the tensor-parallel cases spawn processes
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_pipeline_law_equals_target_law(case, pair):
     options, params, patch = CASES[case]
     target, draft = pair
-    llm = LLM(target, draft=draft, k=K, max_batch=256, **options)
-    if patch is not None:
-        patch(llm.runner.drafter)
     dtype = getattr(torch, options.get("dtype", "float32"))  # the target's own law, in its dtype
     want = exact_target_law(target, SamplingParams(**params), dtype)
-    testing.assert_follows(sampled(llm, params), want, ALPHA)
-    m = llm.metrics
+    with LLM(target, draft=draft, k=K, max_batch=256, **options) as llm:
+        if patch is not None:
+            patch(llm.runner.drafter)
+        testing.assert_follows(sampled(llm, params), want, ALPHA)
+        m = llm.metrics
     if case.startswith("ssd always hit"):
         assert m["cache_hit_rate"] == (m["rounds"] - SAMPLES) / m["rounds"]
     if case == "ssd always miss":

@@ -60,3 +60,34 @@ def test_a_target_that_does_not_split_is_refused_before_loading(checkpoints, mon
         LLM(checkpoints["llama"], tensor_parallel=3)
     with pytest.raises(ValueError, match="tensor_parallel must be an integer"):
         LLM(checkpoints["llama"], tensor_parallel=2.5)
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+from ssd import LLM, SamplingParams
+path, prompts = sys.argv[1], json.loads(sys.argv[2])
+with LLM(path, tensor_parallel=2, max_batch=2) as llm:  # ranks other than 0 serve here, then exit
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+                        use_tqdm=False)
+print("TOKENS", json.dumps([o.token_ids for o in outs]))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_torchrun_launch_serves_from_rank_zero(checkpoints, tmp_path):
+    """`torchrun --nproc-per-node 2 script.py`: every process runs the script; rank 1 serves
+    rank 0 inside `LLM(...)` and exits, so only rank 0 prints; tokens equal transformers'."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    target = checkpoints["qwen2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [str(script), str(target), json.dumps(PROMPTS)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("TOKENS")]
+    assert len(lines) == 1  # rank 1 left inside LLM(...)
+    assert json.loads(lines[0][len("TOKENS ") :]) == [hf_greedy(target, p, 24) for p in PROMPTS]
