@@ -15,7 +15,6 @@ from jaxtyping import TypeCheckError, jaxtyped
 
 import ssd.engine.draft_model
 import ssd.engine.target
-import ssd.llm
 import ssd.steps
 from helpers import random_tokens
 from ssd import LLM, SamplingParams
@@ -23,9 +22,8 @@ from ssd import random as rnd
 from ssd.sampling import verify_chain
 
 STEPS = {
-    ssd.engine.target: ["decode_step"],
+    ssd.engine.target: ["decode_step", "verify_step"],
     ssd.engine.draft_model: ["fill_step", "draft_step", "glue_step", "tree_step"],
-    ssd.llm: ["verify_step"],
     ssd.steps: ["probs_from_logits", "verify_chain", "draw", "sample", "saguaro_q"],
 }
 

@@ -196,13 +196,15 @@ class LLM:
     @property
     def metrics(self) -> dict[str, float | list[float] | None]:
         """Speculation metrics of the last busy period, a `generate` call say (docs/design.md
-        §5; none in AR), and the prefix cache's since the engine started: prompt tokens
-        admitted, those whose KV pages were shared, and their ratio."""
+        §5; none in AR), and since the engine started: the prefix cache's prompt tokens
+        admitted, those whose KV pages were shared, and their ratio; and how many times a
+        request was preempted for lack of pages."""
         out = self.runner.metrics.summary() if isinstance(self.runner, SpecRunner) else {}
         pages = self.runner.target.pages
         out["prefix_cache_prompt_tokens"] = pages.prompt_tokens
         out["prefix_cache_hit_tokens"] = pages.hit_tokens
         out["prefix_cache_hit_rate"] = pages.hit_tokens / max(pages.prompt_tokens, 1)
+        out["preemptions"] = self.runner.sched.preemptions
         return out
 
     def add_request(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> int:

@@ -19,11 +19,23 @@ class ARRunner:
         """One step; returns (request, number of new tokens) for each request it advanced."""
         t, sched = self.target, self.sched
         admitted = sched.admit()
-        batch = list(admitted or sched.running)  # a copy: finished requests leave `running`
+        if admitted:
+            resumed = [r.resumed for r in admitted]
+            tokens = t.prefill(admitted)
+            events = []
+            for req, tok, again in zip(admitted, tokens, resumed, strict=True):
+                if again:  # its next token comes from the next decode, as before preemption
+                    events.append((req, 0))
+                    continue
+                if req.append(tok, t.max_len):
+                    sched.finish(req)
+                events.append((req, 1))
+            return events
+        sched.make_room()
+        batch = list(sched.running)  # a copy: finished requests leave `running`
         if not batch:
             return []
-        tokens = t.prefill(batch) if admitted else t.decode(batch)
-        for req, tok in zip(batch, tokens, strict=True):
+        for req, tok in zip(batch, t.decode(batch), strict=True):
             if req.append(tok, t.max_len):
                 sched.finish(req)
         return [(req, 1) for req in batch]

@@ -82,6 +82,16 @@ class PrefixCache:
         self.prompt_tokens += len(prompt)
         return cached
 
+    def extend(self, table: list[int], length: int) -> bool:
+        """Add fresh pages to `table` until it covers `length` slots; False (and nothing taken)
+        when too few pages are free."""
+        need = -(-length // self.page_size) - len(table)
+        if need > self.num_free:
+            return False
+        for _ in range(need):
+            table.append(self._take())
+        return True
+
     def _take(self) -> int:
         if self._alloc.num_free:
             page = self._alloc.ensure([], 1)[0]

@@ -44,8 +44,20 @@ class Request:
     out: list[int] = dataclasses.field(default_factory=list)
     pages: list[int] = dataclasses.field(default_factory=list)
     cached: int = 0  # prompt tokens whose target KV came from the prefix cache
+    preemptions: int = 0  # times its pages were taken back and it waited to be recomputed
     finish_reason: str | None = None
     acceptance: AcceptanceStats | None = None  # its verification rounds (SD/SSD)
+
+    @property
+    def context(self) -> list[int]:
+        """What a prefill feeds: the prompt; for a request resumed after preemption, every
+        committed token but the last (which its next step feeds, as if never preempted)."""
+        return self.prompt + self.out[:-1]
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the request already has tokens (it is coming back after preemption)."""
+        return bool(self.out)
 
     @property
     def length(self) -> int:

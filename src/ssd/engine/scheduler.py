@@ -1,9 +1,13 @@
 """Which requests run: continuous batching over the target's KV pages.
 
 Requests wait in arrival order and join the running batch between steps while the batch has a
-free row and the target's cache has the pages a request reserves for its whole run; finished
-requests leave and return their pages at once, so waiting ones take their place on the next
-step.
+free row and the target's cache has the pages to prefill them; running requests take pages as
+they grow. When a step would need more pages than are free, the requests admitted last are
+preempted: their pages go back and they wait at the head of the queue, to be recomputed when
+pages free up (their committed tokens are prefilled again; sampling keys depend only on the
+request and the position, so they go on with exactly the tokens they would have had).
+Finished requests leave and return their pages at once, so waiting ones take their place on
+the next step.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class Scheduler:
         self.target = target
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.preemptions = 0  # since the engine started
 
     @property
     def busy(self) -> bool:
@@ -38,6 +43,24 @@ class Scheduler:
             new.append(req := self.waiting.popleft())
             self.running.append(req)
         return new
+
+    def make_room(self) -> list[Request]:
+        """Pages for every running request's next step, preempting the ones admitted last
+        while some request lacks them; returns the preempted requests (no longer running)."""
+        preempted: list[Request] = []
+        i = 0
+        while i < len(self.running):
+            if self.target.grow(self.running[i]):
+                i += 1
+                continue
+            victim = self.running.pop()  # the last admitted; it may be the one growing
+            self.target.release(victim)
+            victim.preemptions += 1
+            self.preemptions += 1
+            preempted.append(victim)
+        # back at the head of the queue, in their admission order
+        self.waiting.extendleft(preempted)
+        return preempted
 
     def finish(self, req: Request) -> None:
         """The request is done: its pages are freed and it leaves the batch."""

@@ -58,23 +58,29 @@ class SpecRunner:
         if admitted:
             events = self._prefill(admitted)
         else:
+            for req in sched.make_room():
+                self.drafter.release(req)  # its draft pages too; re-admitted with its tokens
             events = self._round(list(sched.running)) if sched.running else []
         self._idle = not sched.busy
         return events
 
     def _prefill(self, admitted: list[Request]) -> list[tuple[Request, int]]:
+        resumed = {r.id for r in admitted if r.resumed}  # after preemption: no new token
         for req in admitted:
-            req.acceptance = AcceptanceStats(self.k)
+            if req.id not in resumed:
+                req.acceptance = AcceptanceStats(self.k)
         tokens = self.target.prefill(admitted)
         done = [
-            r for r, t in zip(admitted, tokens, strict=True) if r.append(t, self.target.max_len)
+            r
+            for r, t in zip(admitted, tokens, strict=True)
+            if r.id not in resumed and r.append(t, self.target.max_len)
         ]
         live = [r for r in admitted if r not in done]
-        if live:  # the drafter starts from the prompt and its first token r
+        if live:  # the drafter starts from the committed tokens, the last one r
             self.drafter.admit(live)
         for req in done:  # never reached the drafter
             self.sched.finish(req)
-        return [(req, 1) for req in admitted]
+        return [(req, 0 if req.id in resumed else 1) for req in admitted]
 
     def _round(self, batch: list[Request]) -> list[tuple[Request, int]]:
         start = time.perf_counter()

@@ -45,19 +45,28 @@ class TargetModel:
         self.device = kv.k_pages.device
 
     def reserve(self, req: Request) -> bool:
-        """Take the pages the request needs for its whole run (sharing the cached pages of its
-        prompt's prefix); False if too few are free."""
-        cached = self.pages.acquire(req.pages, req.prompt, self.slots_needed(req))
+        """Take the pages a request needs to be prefilled and take its next step (sharing the
+        cached pages of its prompt's prefix); False if too few are free. Later pages come as
+        it grows (`grow`)."""
+        cached = self.pages.acquire(req.pages, req.prompt, self.slots_now(req))
         if cached is None:
             return False
         req.cached = cached
         return True
 
+    def grow(self, req: Request) -> bool:
+        """Pages for the request's next step; False if too few are free."""
+        return self.pages.extend(req.pages, self.slots_now(req))
+
+    def slots_now(self, req: Request) -> int:
+        """KV slots the request's next step writes up to: its tokens and the lookahead."""
+        return req.length + self.lookahead
+
     def release(self, req: Request) -> None:
         self.pages.release(req.pages)
 
     def slots_needed(self, req: Request) -> int:
-        """KV slots a request reserves for its whole run."""
+        """KV slots a request holds at the end of its run (at most)."""
         return min(req.length + req.params.max_tokens, self.max_len) + self.lookahead
 
     def check_fits(self, req: Request) -> None:
@@ -71,12 +80,12 @@ class TargetModel:
             )
 
     def prefill(self, batch: list[Request]) -> list[int]:
-        """Each request's prompt, past its cached prefix, into the cache; returns the first
-        token of each."""
+        """Each request's context (`Request.context`), past its cached prefix, into the cache;
+        returns the token that follows (for a new request, its first one)."""
         out = [0] * len(batch)
-        for q, rows in length_buckets([len(r.prompt) - r.cached for r in batch]):
+        for q, rows in length_buckets([len(r.context) - r.cached for r in batch]):
             group = [batch[i] for i in rows]
-            seqs = [r.prompt[r.cached :] for r in group]
+            seqs = [r.context[r.cached :] for r in group]
             tokens = self._step(group, seqs, [r.cached for r in group], q)
             for i, t in zip(rows, tokens, strict=True):
                 out[i] = t
