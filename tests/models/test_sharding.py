@@ -15,7 +15,7 @@ import torch
 
 from helpers import CHECKPOINTS, random_tokens, rel_err
 from ssd.engine.tensor_parallel import private_group
-from ssd.models import load_model
+from ssd.models import collectives, load_model
 from ssd.models.config import ModelConfig
 from ssd.models.sharding import LAYER_AXES, check_tensor_parallel, shard_model
 from ssd.scoring import Scorer
@@ -35,12 +35,14 @@ def _scores(model):
     ]
 
 
-def _rank(rank: int, size: int, port: int, paths: dict[str, str], out: str) -> None:
+def _rank(rank: int, size: int, port: int, paths: dict[str, str], out: str, block) -> None:
     try:
         group = private_group(port, rank, size, timeout_s=120)
+        if block is not None:
+            collectives.register(group.name, block, rank, size)
         results = {}
         for name, path in paths.items():
-            model = shard_model(load_model(path), group.name, rank, size)
+            model = shard_model(load_model(path), group.name, rank, size, block is not None)
             with torch.no_grad():
                 results[name] = _scores(model)
         if rank == 0:
@@ -51,12 +53,15 @@ def _rank(rank: int, size: int, port: int, paths: dict[str, str], out: str) -> N
 
 
 @pytest.mark.timeout(300)
-def test_two_ranks_give_the_logits_of_one(checkpoints, models, tmp_path):
+@pytest.mark.parametrize("transport", ["gloo", "shared memory"])
+def test_two_ranks_give_the_logits_of_one(transport, checkpoints, models, tmp_path):
     port = _free_port()
     out = tmp_path / "tp2.pt"
     paths = {name: str(checkpoints[name]) for name in NAMES}
+    block = collectives.SharedBlock.allocate(2) if transport == "shared memory" else None
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, paths, str(out))) for r in range(2)]
+    args = [(r, 2, port, paths, str(out), block) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=a) for a in args]
     for p in procs:
         p.start()
     for p in procs:

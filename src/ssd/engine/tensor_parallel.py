@@ -10,7 +10,8 @@ draws the same tokens from the same keys; rank 0 keeps them.
 Two ways to form the group:
 - `LLM(tensor_parallel=N)` in a plain process spawns ranks 1..N-1 on this machine, joined by a
   private gloo group registered under its own name (no global torch.distributed state, no
-  fixed port: several engines can share a machine), each rank pinned to its share of the cores;
+  fixed port: several engines can share a machine), each rank pinned to its share of the
+  cores; their all-reduces and all-gathers meet in shared memory (`ssd.models.collectives`);
 - under `torchrun` (WORLD_SIZE set), every launched process is a rank of the default group
   and of a one-axis `DeviceMesh` ("tp"): gloo on CPU, NCCL on GPUs, on one machine or several.
   Ranks other than 0 serve inside `LLM(...)` and exit the process when rank 0 closes.
@@ -35,6 +36,7 @@ import torch.multiprocessing as mp
 
 from ssd.jit import Step
 from ssd.kv import alloc_kv_cache
+from ssd.models import collectives
 from ssd.models.loading import Model, load_model
 from ssd.models.sharding import shard_model
 
@@ -137,9 +139,11 @@ class MirroredStep:
 
 
 def load_shard(spec: TargetSpec, group: Group) -> Model:
-    """This rank's shard of the target (the full weights are read, split, then freed)."""
+    """This rank's shard of the target (the full weights are read, split, then freed); its
+    collectives go through shared memory where the group has a block."""
     full = load_model(spec.path, dtype=getattr(torch, spec.dtype), device=spec.device)
-    return shard_model(full, group.name, group.rank, group.size)
+    shm = collectives.has_block(group.name)
+    return shard_model(full, group.name, group.rank, group.size, shared_memory=shm)
 
 
 def follow(spec: TargetSpec, group: Group, make_steps: Callable[[str], list[Step]]) -> None:
@@ -200,19 +204,19 @@ class TensorParallelTarget:
         port = store.port
         del store  # the port is free again for the group's own store
         cores = _core_shares(size) if spec.device == "cpu" else None
+        block = collectives.SharedBlock.allocate(size)  # the ranks share this host
         ctx = mp.get_context("spawn")
         for rank in range(1, size):
-            proc = ctx.Process(
-                target=_serve,
-                args=(spec, port, rank, size, timeout_s, make_steps, cores and cores[rank]),
-                daemon=True,
-            )
+            args = (spec, port, rank, size, timeout_s, make_steps, cores and cores[rank], block)
+            proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             self.procs.append(proc)
         if cores is not None:
             os.sched_setaffinity(0, cores[0])
             torch.set_num_threads(len(cores[0]))
-        return private_group(port, 0, size, timeout_s, wait=self._await_ranks(timeout_s))
+        group = private_group(port, 0, size, timeout_s, wait=self._await_ranks(timeout_s))
+        collectives.register(group.name, block, 0, size)
+        return group
 
     def _await_ranks(self, timeout_s: float) -> Callable[[Any], None]:
         """Wait for every spawned rank to reach the store; fail at once if one dies on the way
@@ -238,6 +242,7 @@ class TensorParallelTarget:
         with contextlib.suppress(RuntimeError):  # a rank is gone already
             self.group.broadcast(("exit",), timeout=datetime.timedelta(seconds=10))
         self._stop(time.monotonic() + 10)
+        collectives.unregister(self.group.name)
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
 
@@ -266,9 +271,12 @@ def _serve(
     timeout_s: float,
     make_steps: Callable[[str], list[Step]],
     cores: set[int] | None,
+    block: torch.Tensor,
 ) -> None:
     faulthandler.enable()
     if cores is not None:
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))
-    follow(spec, private_group(port, rank, size, timeout_s), make_steps)
+    group = private_group(port, rank, size, timeout_s)
+    collectives.register(group.name, block, rank, size)
+    follow(spec, group, make_steps)

@@ -37,13 +37,15 @@ class Llama3RopeScaling:
 class Shard:
     """This process's part of a tensor-parallel model (`ssd.models.sharding`): its rank in a
     mesh axis of `size` processes joined by the process group named `group` (the name is what
-    functional collectives take, so the sharded forward stays one traceable function), and the
-    first vocabulary id of its rows of the embedding and head."""
+    functional collectives take, so the sharded forward stays one traceable function), the
+    first vocabulary id of its rows of the embedding and head, and whether the ranks share a
+    host and meet in shared memory (`ssd.models.collectives`)."""
 
     group: str
     rank: int
     size: int
     vocab_start: int
+    shared_memory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,6 @@ import dataclasses
 import math
 
 import torch
-import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +24,7 @@ from ssd import kernels
 from ssd.attention import attention_mask, paged_attention
 from ssd.kernels import linear
 from ssd.kv import AttentionMeta, KVCache, write_kv
+from ssd.models import collectives
 from ssd.models.config import ModelConfig
 from ssd.pytree import check_live, donate, pytree_dataclass
 
@@ -147,14 +147,7 @@ def _attention_block(
 
 def _all_reduce(x: Tensor, cfg: ModelConfig) -> Tensor:
     """Sum the ranks' partial results (identity without a shard)."""
-    if cfg.shard is None:
-        return x
-    return _waited(funcol.all_reduce(x, "sum", cfg.shard.group))
-
-
-def _waited(x: Tensor) -> Tensor:
-    # Eager calls return a tensor that waits on first use; wait here, where the value is due.
-    return x.wait() if isinstance(x, funcol.AsyncCollectiveTensor) else x
+    return x if cfg.shard is None else collectives.all_reduce(x, cfg.shard)
 
 
 def _embed(tokens: Tensor, params: Params, cfg: ModelConfig) -> Tensor:
@@ -173,9 +166,7 @@ def _gather_vocab(logits: Tensor, cfg: ModelConfig) -> Tensor:
     """A shard's logits [..., V / N] -> every rank's [..., V] (padding rows dropped)."""
     if cfg.shard is None:
         return logits
-    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
-    parts = _waited(gather(logits.movedim(-1, 0).contiguous(), 0, cfg.shard.group))
-    return parts.movedim(0, -1)[..., : cfg.vocab_size]
+    return collectives.all_gather_last(logits, cfg.shard)[..., : cfg.vocab_size]
 
 
 def _proj(lp: LayerParams, name: str, x: Tensor, bias: str | None = None) -> Tensor:

@@ -65,7 +65,9 @@ def check_tensor_parallel(cfg: ModelConfig, size: int) -> None:
         raise ValueError(f"intermediate_size {cfg.intermediate_size} does not split over {size}")
 
 
-def local_config(cfg: ModelConfig, group: str, rank: int, size: int) -> ModelConfig:
+def local_config(
+    cfg: ModelConfig, group: str, rank: int, size: int, shared_memory: bool = False
+) -> ModelConfig:
     """The config of rank `rank`'s shard: its own head and ffn counts, and its `Shard`."""
     check_tensor_parallel(cfg, size)
     kv = cfg.num_key_value_heads
@@ -74,14 +76,16 @@ def local_config(cfg: ModelConfig, group: str, rank: int, size: int) -> ModelCon
         num_attention_heads=cfg.num_attention_heads // size,
         num_key_value_heads=kv // size if kv % size == 0 else 1,
         intermediate_size=cfg.intermediate_size // size,
-        shard=Shard(group, rank, size, rank * _vocab_rows(cfg, size)),
+        shard=Shard(group, rank, size, rank * _vocab_rows(cfg, size), shared_memory),
     )
 
 
-def shard_model(model: Model, group: str, rank: int, size: int) -> Model:
+def shard_model(
+    model: Model, group: str, rank: int, size: int, shared_memory: bool = False
+) -> Model:
     """Rank `rank`'s part of every weight (copies: the full tensors can be freed)."""
     cfg = model.cfg
-    local = local_config(cfg, group, rank, size)
+    local = local_config(cfg, group, rank, size, shared_memory)
     rows = {axis: _rows(cfg, axis, rank, size) for axis in ("heads", "kv_heads", "ffn")}
 
     def split(t: Tensor, axes: tuple[str | None, ...]) -> Tensor:
