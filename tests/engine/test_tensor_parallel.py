@@ -91,3 +91,30 @@ def test_a_torchrun_launch_serves_from_rank_zero(checkpoints, tmp_path):
     lines = [line for line in run.stdout.splitlines() if line.startswith("TOKENS")]
     assert len(lines) == 1  # rank 1 left inside LLM(...)
     assert json.loads(lines[0][len("TOKENS ") :]) == [hf_greedy(target, p, 24) for p in PROMPTS]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "options",
+    [
+        # the draft's two ranks spawned by this process, the target in one
+        {"mode": "sd", "k": 3, "draft_tensor_parallel": 2},
+        # a two-rank target and a two-rank int8 draft in its own process: four processes
+        {
+            "mode": "ssd",
+            "k": 3,
+            "tensor_parallel": 2,
+            "draft_tensor_parallel": 2,
+            "draft_process": True,
+            "draft_dtype": "int8",
+        },
+    ],
+)
+def test_a_sharded_draft_gives_the_target_tokens(options, checkpoints):
+    target, draft = checkpoints["qwen3_tied"], checkpoints["qwen2"]
+    want = [hf_greedy(target, p, GREEDY.max_tokens) for p in PROMPTS]
+    with LLM(target, draft=draft, max_batch=2, **options) as llm:
+        got = [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+        metrics = llm.metrics
+    assert got == want
+    assert metrics["draft_failures"] == 0 and metrics["acceptance_rate"] > 0
