@@ -19,7 +19,7 @@ from ssd.engine.remote import RemoteDrafter
 from ssd.engine.requests import Request, RequestOutput, make_request
 from ssd.engine.spec import SpecRunner
 from ssd.engine.target import TargetModel, target_steps
-from ssd.engine.tensor_parallel import TargetSpec, TensorParallelTarget, under_torchrun
+from ssd.engine.tensor_parallel import ShardSpec, TensorParallelModel, under_torchrun
 from ssd.kv import alloc_kv_cache, kv_cache_bytes
 from ssd.models.config import ModelConfig
 from ssd.models.loading import load_model, load_tokenizer
@@ -53,7 +53,8 @@ class LLM:
     `prefix_caching` the target's full prompt pages are shared by content between requests
     (`ssd.engine.prefix_cache`). `tensor_parallel=N` splits the target over N processes
     (`ssd.engine.tensor_parallel`: spawned here on CPU, or the ranks of a `torchrun` launch);
-    the draft keeps its own process or this one.
+    `draft_tensor_parallel=M` splits the draft over M processes of its own (spawned by the
+    process that runs the draft: this one, or the draft process), on CPU.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class LLM:
         draft_timeout_s: float = 120.0,
         prefix_caching: bool = False,
         tensor_parallel: int = 1,
+        draft_tensor_parallel: int = 1,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -104,11 +106,16 @@ class LLM:
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
         _check_sizes(k, max_batch, self.max_len, page_size, num_pages, draft_timeout_s)
-        if not is_int(tensor_parallel):
-            raise ValueError(f"tensor_parallel must be an integer, got {tensor_parallel!r}")
+        for name, size in (("", tensor_parallel), ("draft_", draft_tensor_parallel)):
+            if not is_int(size) or size < 1:
+                raise ValueError(f"{name}tensor_parallel must be an integer >= 1, got {size!r}")
         check_tensor_parallel(cfg, tensor_parallel)
         if tensor_parallel > 1 and device.type != "cpu" and not under_torchrun():
             raise ValueError("a tensor-parallel target on GPUs is launched with torchrun")
+        if draft_tensor_parallel > 1 and (
+            draft is None or torch.device(draft_device or device).type != "cpu"
+        ):
+            raise ValueError("draft_tensor_parallel needs a draft, on CPU")
         jit_name = jit or ("cudagraph" if device.type == "cuda" else "eager")
         lookahead = 0 if mode == "ar" else k + 1
         pages = num_pages or max_batch * -(-(self.max_len + lookahead) // page_size)
@@ -118,6 +125,7 @@ class LLM:
             assert draft is not None
             draft_cfg = ModelConfig.from_pretrained(draft)
             check_pair(cfg, None, draft_cfg, None)  # the vocabularies; tokenizers once loaded
+            check_tensor_parallel(draft_cfg, draft_tensor_parallel)
             _check_fanout(mode, k, fanout, budget, cfg.vocab_size)
             dcfg = DraftConfig(
                 path=str(draft),
@@ -135,6 +143,7 @@ class LLM:
                 max_len=self.max_len,
                 max_batch=max_batch,
                 page_size=page_size,
+                tensor_parallel=draft_tensor_parallel,
             )
             kv_dtype = torch.bfloat16 if draft_dtype == "int8" else draft_dtype
             assert isinstance(kv_dtype, torch.dtype)
@@ -142,10 +151,10 @@ class LLM:
             kv_bytes.append((torch.device(dcfg.device), draft_bytes))
         _check_memory(kv_bytes)
 
-        self._mesh: TensorParallelTarget | None = None
+        self._mesh: TensorParallelModel | None = None
         steps = target_steps(jit_name)
         if tensor_parallel > 1:  # this process is rank 0 of the target's mesh
-            spec = TargetSpec(
+            spec = ShardSpec(
                 str(target),
                 str(dtype).removeprefix("torch."),
                 str(device),
@@ -153,7 +162,7 @@ class LLM:
                 page_size,
                 jit_name,
             )
-            self._mesh = TensorParallelTarget(spec, tensor_parallel, target_steps)
+            self._mesh = TensorParallelModel(spec, tensor_parallel, target_steps)
             self.model, steps = self._mesh.model, self._mesh.steps
         else:
             self.model = load_model(target, dtype=dtype, device=device)
@@ -174,7 +183,7 @@ class LLM:
             return
         check_pair(cfg, self.tokenizer, draft_cfg, _tokenizer(dcfg.path, draft_cfg.vocab_size))
         # A failed draft process hands its requests to SD with the draft in this process.
-        local = dataclasses.replace(dcfg, mode="sd", device=str(device))
+        local = dataclasses.replace(dcfg, mode="sd", device=str(device), tensor_parallel=1)
         drafter = (
             RemoteDrafter(dcfg, timeout_s=draft_timeout_s) if draft_process else make_drafter(dcfg)
         )

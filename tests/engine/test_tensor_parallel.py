@@ -111,10 +111,13 @@ def test_a_torchrun_launch_serves_from_rank_zero(checkpoints, tmp_path):
     ],
 )
 def test_a_sharded_draft_gives_the_target_tokens(options, checkpoints):
-    target, draft = checkpoints["qwen3_tied"], checkpoints["qwen2"]
+    """The draft is the target itself: a sharded draft that computed anything else would show
+    in the acceptance (tokens stay right whatever the draft proposes)."""
+    target = checkpoints["qwen2"]
     want = [hf_greedy(target, p, GREEDY.max_tokens) for p in PROMPTS]
-    with LLM(target, draft=draft, max_batch=2, **options) as llm:
+    with LLM(target, draft=target, max_batch=2, **options) as llm:
         got = [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
         metrics = llm.metrics
     assert got == want
-    assert metrics["draft_failures"] == 0 and metrics["acceptance_rate"] > 0
+    floor = 0.6 if options.get("draft_dtype") == "int8" else 0.95
+    assert metrics["draft_failures"] == 0 and metrics["acceptance_rate"] >= floor

@@ -8,6 +8,7 @@ path and lock-step tree decoding over candidate branches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,21 +22,41 @@ from ssd.models.loading import Model
 from ssd.steps import draft_step, fill_step, glue_step, tree_step
 
 
+def draft_steps(jit: str) -> list[Step]:
+    """Every step the draft runs: glue, fill (prefill), draft (K steps), tree."""
+    fns = (glue_step, fill_step, draft_step, tree_step)
+    return [Step(fn, jit, persistent=(0, 2), donate=2) for fn in fns]
+
+
 class DraftModel:
     """The draft model with its KV pages and compiled steps; all calls take a batch of requests."""
 
-    def __init__(self, model: Model, kv: KVCache, k: int, jit: str, max_len: int, extra: int):
+    def __init__(
+        self,
+        model: Model,
+        kv: KVCache,
+        k: int,
+        jit: str,
+        max_len: int,
+        extra: int,
+        steps: Sequence[Any] | None = None,
+        mesh: Any = None,
+    ):
+        """`steps` replace `draft_steps(jit)` (a sharded draft's, mirrored to its other ranks:
+        `mesh`, a `TensorParallelModel` that `close` stops)."""
         self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
+        self.mesh = mesh
         self.extra = extra  # scratch slots past the sequence (glue + tree branches)
         self.alloc = PageAllocator(kv.num_pages, kv.page_size)
         self.pages: dict[int, list[int]] = {}
         # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
         self.pad_table = self.alloc.ensure([], extra)
         self.device = kv.k_pages.device
-        self._forward, self._fill, self._draft, self._tree = (
-            Step(fn, jit, persistent=(0, 2), donate=2)
-            for fn in (glue_step, fill_step, draft_step, tree_step)
-        )
+        self._forward, self._fill, self._draft, self._tree = steps or draft_steps(jit)
+
+    def close(self) -> None:
+        if self.mesh is not None:
+            self.mesh.close()
 
     def _tables(self, batch: Sequence[Request], b: int) -> tuple[list[list[int]], int]:
         tables = [self.pages[r.id] for r in batch] + [[]] * (b - len(batch))

@@ -36,7 +36,7 @@ class SDDrafter:
         self.d.release(req)
 
     def close(self) -> None:
-        pass  # everything it holds lives in this process
+        self.d.close()
 
     def observe(
         self,
@@ -292,6 +292,7 @@ class DraftConfig:
     budget: int = 0  # SSD with the estimator: the sum of the fan-out
     accept: float | None = None  # a_p; None: estimated online
     power: float | None = None  # r; None: estimated online
+    tensor_parallel: int = 1  # processes the draft is split over (its own mesh)
 
 
 def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
@@ -303,18 +304,26 @@ def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
 
 def make_drafter(cfg: DraftConfig) -> SDDrafter:
     """Load the draft checkpoint and build an SD or SSD drafter with its own KV pages."""
+    from ssd.engine.draft_model import draft_steps
+    from ssd.engine.tensor_parallel import ShardSpec, TensorParallelModel
     from ssd.kv import alloc_kv_cache
     from ssd.models.loading import load_model
     from ssd.models.quantize import quantize_int8
 
     # "int8": int8 weights (ssd.models.quantize) with bf16 activations and KV.
     dtype = torch.bfloat16 if cfg.dtype == "int8" else getattr(torch, cfg.dtype)
-    model = load_model(cfg.path, dtype=dtype, device=cfg.device)
-    if cfg.dtype == "int8":
-        model = quantize_int8(model)
     pages, extra = draft_kv_pages(cfg)
+    mesh, steps = None, None
+    if cfg.tensor_parallel > 1:  # this process is rank 0 of the draft's own mesh
+        spec = ShardSpec(cfg.path, cfg.dtype, cfg.device, pages, cfg.page_size, cfg.jit)
+        mesh = TensorParallelModel(spec, cfg.tensor_parallel, draft_steps, spawn=True)
+        model, steps = mesh.model, mesh.steps
+    else:
+        model = load_model(cfg.path, dtype=dtype, device=cfg.device)
+        if cfg.dtype == "int8":
+            model = quantize_int8(model)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
-    dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra)
+    dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh)
     if cfg.mode == "sd":
         return SDDrafter(dm)
     fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout

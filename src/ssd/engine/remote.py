@@ -231,6 +231,7 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
         drafted.update({r.id: row for r, row in zip(batch, tokens.tolist(), strict=False)})
         drafter.prepare(batch, spec)
         busy = time.perf_counter() - start
+    drafter.close()  # a sharded draft's ranks
 
 
 def _next_message(chan: Channel) -> dict[str, Any]:

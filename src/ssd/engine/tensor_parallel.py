@@ -1,11 +1,12 @@
-"""A tensor-parallel target: N processes, each holding its shard of the weights and KV cache.
+"""A tensor-parallel model: N processes, each holding its shard of the weights and KV cache.
 
-Rank 0 is the engine's own process: it schedules, builds each step's inputs and samples, as
-with one process. Before each target step it broadcasts the step's inputs (tokens, attention
-metadata, sampling tensors, keys, proposals: everything but the weights and the cache) to the
-other ranks, which run the same pure step on their shards; the collectives inside the forward
-(`ssd.models.decoder`) join the ranks' partial results. Every rank computes the same logits and
-draws the same tokens from the same keys; rank 0 keeps them.
+The target's mesh and the draft's are two independent instances (sizes N and M). Rank 0 is
+the process that drives the model (the engine's, or the draft worker's): it schedules, builds
+each step's inputs and samples, as with one process. Before each step it broadcasts the step's
+inputs (tokens, attention metadata, sampling tensors, keys, proposals: everything but the
+weights and the cache) to the other ranks, which run the same pure step on their shards; the
+collectives inside the forward (`ssd.models.decoder`) join the ranks' partial results. Every
+rank computes the same logits and draws the same tokens from the same keys; rank 0 keeps them.
 
 Two ways to form the group:
 - `LLM(tensor_parallel=N)` in a plain process spawns ranks 1..N-1 on this machine, joined by a
@@ -35,9 +36,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssd.jit import Step
-from ssd.kv import alloc_kv_cache
+from ssd.kv import KVCache, alloc_kv_cache
 from ssd.models import collectives
 from ssd.models.loading import Model, load_model
+from ssd.models.quantize import quantize_int8
 from ssd.models.sharding import shard_model
 
 # A follower waits for rank 0 without limit between steps (the engine may idle for hours).
@@ -45,9 +47,10 @@ _FOREVER = datetime.timedelta(days=3650)
 
 
 @dataclasses.dataclass(frozen=True)
-class TargetSpec:
-    """What every rank needs to build its shard: the checkpoint, its precision and device, the
-    KV cache's geometry, and the jit of its steps."""
+class ShardSpec:
+    """What every rank needs to build its shard: the checkpoint, its precision ("int8": int8
+    weights, bf16 activations and KV) and device, the KV cache's geometry, and the jit of its
+    steps."""
 
     path: str
     dtype: str
@@ -138,21 +141,21 @@ class MirroredStep:
         return self.step(params, cfg, kv, *inputs)
 
 
-def load_shard(spec: TargetSpec, group: Group) -> Model:
-    """This rank's shard of the target (the full weights are read, split, then freed); its
+def load_shard(spec: ShardSpec, group: Group) -> Model:
+    """This rank's shard of the model (the full weights are read, split, then freed); its
     collectives go through shared memory where the group has a block."""
-    full = load_model(spec.path, dtype=getattr(torch, spec.dtype), device=spec.device)
+    full = load_model(spec.path, dtype=_float_dtype(spec), device=spec.device)
+    if spec.dtype == "int8":  # quantized whole, then split: row scales follow their rows
+        full = quantize_int8(full)
     shm = collectives.has_block(group.name)
     return shard_model(full, group.name, group.rank, group.size, shared_memory=shm)
 
 
-def follow(spec: TargetSpec, group: Group, make_steps: Callable[[str], list[Step]]) -> None:
+def follow(spec: ShardSpec, group: Group, make_steps: Callable[[str], list[Step]]) -> None:
     """A rank other than 0: build the shard, then run each step rank 0 announces, until it says
     exit or its connection closes."""
     model = load_shard(spec, group)
-    kv = alloc_kv_cache(
-        model.cfg, spec.num_pages, spec.page_size, getattr(torch, spec.dtype), spec.device
-    )
+    kv = alloc_kv_cache(model.cfg, spec.num_pages, spec.page_size, _float_dtype(spec), spec.device)
     steps = make_steps(spec.jit)
     group.broadcast(timeout=_FOREVER)  # rank 0's "ready" once every rank has its shard
     while True:
@@ -163,24 +166,32 @@ def follow(spec: TargetSpec, group: Group, make_steps: Callable[[str], list[Step
         if msg[0] == "exit":
             return
         _, index, inputs = msg
-        kv = steps[index](model.params, model.cfg, kv, *inputs)[0]
+        out = steps[index](model.params, model.cfg, kv, *inputs)
+        kv = out if isinstance(out, KVCache) else out[0]  # a step returns (kv, ...) or kv
 
 
-class TensorParallelTarget:
+def _float_dtype(spec: ShardSpec) -> torch.dtype:
+    return torch.bfloat16 if spec.dtype == "int8" else getattr(torch, spec.dtype)
+
+
+class TensorParallelModel:
     """Rank 0's handle on the group: its own shard, the steps mirrored to the other ranks, and
-    `close()` to stop them (spawned ranks are joined; torchrun ranks return from `LLM`)."""
+    `close()` to stop them (spawned ranks are joined; torchrun ranks return from `LLM`).
+    Under `torchrun` only the target's mesh spans the launched processes; a draft mesh is
+    always spawned by the process that drives the draft."""
 
     def __init__(
         self,
-        spec: TargetSpec,
+        spec: ShardSpec,
         size: int,
         make_steps: Callable[[str], list[Step]],
         startup_timeout_s: float = 900.0,
+        spawn: bool = False,
     ):
         self.procs: list[Any] = []
         self._affinity = os.sched_getaffinity(0)
         self._threads = torch.get_num_threads()
-        if under_torchrun():
+        if under_torchrun() and not spawn:
             self.group = torchrun_group(size, torch.device(spec.device))
             if self.group.rank != 0:
                 follow(spec, self.group, make_steps)
@@ -195,7 +206,7 @@ class TensorParallelTarget:
 
     def _spawn(
         self,
-        spec: TargetSpec,
+        spec: ShardSpec,
         size: int,
         make_steps: Callable[[str], list[Step]],
         timeout_s: float,
@@ -204,6 +215,9 @@ class TensorParallelTarget:
         port = store.port
         del store  # the port is free again for the group's own store
         cores = _core_shares(size) if spec.device == "cpu" else None
+        # A draft worker (itself a daemon process) spawns its draft's ranks: allowed, as they
+        # are daemons that end with it.
+        mp.current_process().daemon = False
         block = collectives.SharedBlock.allocate(size)  # the ranks share this host
         ctx = mp.get_context("spawn")
         for rank in range(1, size):
@@ -264,7 +278,7 @@ def _core_shares(size: int) -> list[set[int]] | None:
 
 
 def _serve(
-    spec: TargetSpec,
+    spec: ShardSpec,
     port: int,
     rank: int,
     size: int,
