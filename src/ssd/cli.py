@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         "launch: docs/engine.md)",
     )
     gen.add_argument(
+        "--draft-tensor-parallel",
+        type=int,
+        default=1,
+        metavar="M",
+        help="split the draft over M processes of its own (CPU)",
+    )
+    gen.add_argument(
         "--dtype",
         default=None,
         help="the target's dtype, e.g. bfloat16 (default: bfloat16 with the default pair)",
@@ -147,8 +154,9 @@ def _generate_problem(args: argparse.Namespace) -> str | None:
         return f"--k (draft tokens per round) must be between 1 and {MAX_K}, got {args.k}"
     if args.max_tokens < 1:
         return f"--max-tokens (max_tokens) must be >= 1, got {args.max_tokens}"
-    if args.tensor_parallel < 1:
-        return f"--tensor-parallel must be >= 1, got {args.tensor_parallel}"
+    for flag in ("tensor_parallel", "draft_tensor_parallel"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
     if args.draft and not args.target:
         return "--draft needs --target"
     if args.mode in ("sd", "ssd") and args.target and not args.draft:
@@ -195,6 +203,8 @@ def _generate(args: argparse.Namespace, opts: dict) -> int:
     if engine["draft"] is None:
         engine = {"dtype": engine.get("dtype"), "mode": "ar"}
     engine["tensor_parallel"] = args.tensor_parallel
+    if engine["mode"] != "ar":
+        engine["draft_tensor_parallel"] = args.draft_tensor_parallel
     tokens, seconds = 0, 0.0
     with LLM(opts["target"], draft_process=args.draft_process, **engine) as llm:
         for prompt in args.prompts:
