@@ -50,7 +50,7 @@ class LLM:
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
     slots, enough by default for `max_batch` sequences of `max_model_len` tokens; with
-    `prefix_caching` the target's full prompt pages are shared by content between requests
+    `prefix_caching` full prompt pages are shared by content between requests (target and draft)
     (`ssd.engine.prefix_cache`). `tensor_parallel=N` splits the target over N processes
     (`ssd.engine.tensor_parallel`: spawned here on CPU, or the ranks of a `torchrun` launch);
     `draft_tensor_parallel=M` splits the draft over M processes of its own (spawned by the
@@ -144,6 +144,7 @@ class LLM:
                 max_batch=max_batch,
                 page_size=page_size,
                 tensor_parallel=draft_tensor_parallel,
+                prefix_caching=prefix_caching,
             )
             kv_dtype = torch.bfloat16 if draft_dtype == "int8" else draft_dtype
             assert isinstance(kv_dtype, torch.dtype)

@@ -100,3 +100,24 @@ def test_shared_prefixes_give_the_tokens_of_a_cold_cache(options, page_size, che
     m = llm.metrics
     assert m["prefix_cache_hit_tokens"] >= (len(STEM) // page_size) * page_size * 4
     assert llm.runner.target.pages.num_free == free
+
+
+@pytest.mark.parametrize(
+    "options", [{"mode": "sd", "k": 3}, {"mode": "ssd", "k": 3, "backup": "neural"}]
+)
+def test_the_draft_shares_prompt_pages_too(options, checkpoints):
+    """The draft is the target itself, so it proposes the target's tokens only if the KV it
+    read from shared pages is right: acceptance stays near 1 while its cache hits."""
+    target = checkpoints["llama"]
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    llm = LLM(target, draft=target, max_batch=2, page_size=4, prefix_caching=True, **options)
+    pages = llm.runner.drafter.d.alloc
+    free = pages.num_free
+    got, acceptance = [], []
+    for p in PROMPTS:  # one after another: each later one finds the stem cached
+        got.append(llm.generate(p, greedy, use_tqdm=False)[0].token_ids)
+        acceptance.append(llm.metrics["acceptance_rate"])
+    assert got == [hf_greedy(target, p, 12) for p in PROMPTS]
+    assert pages.hit_tokens >= (len(STEM) // 4) * 4 * 2  # the 2nd and 4th prompts at least
+    assert min(acceptance) >= 0.95, acceptance
+    assert pages.num_free == free

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 
 from ssd import saguaro
+from ssd.engine.prefix_cache import PrefixCache
 from ssd.engine.requests import Request
 from ssd.engine.speculation import batch_inputs
 from ssd.jit import Step, length_buckets, pow2
-from ssd.kv import AttentionMeta, KVCache, PageAllocator, pack_tokens, step_meta, tree_meta
+from ssd.kv import AttentionMeta, KVCache, pack_tokens, step_meta, tree_meta
 from ssd.models.loading import Model
 from ssd.steps import draft_step, fill_step, glue_step, tree_step
 
@@ -41,16 +42,20 @@ class DraftModel:
         extra: int,
         steps: Sequence[Any] | None = None,
         mesh: Any = None,
+        prefix_caching: bool = False,
     ):
         """`steps` replace `draft_steps(jit)` (a sharded draft's, mirrored to its other ranks:
-        `mesh`, a `TensorParallelModel` that `close` stops)."""
+        `mesh`, a `TensorParallelModel` that `close` stops). With `prefix_caching` full prompt
+        pages are shared by content, as in the target's cache (`ssd.engine.prefix_cache`)."""
         self.model, self.kv, self.k, self.max_len = model, kv, k, max_len
         self.mesh = mesh
         self.extra = extra  # scratch slots past the sequence (glue + tree branches)
-        self.alloc = PageAllocator(kv.num_pages, kv.page_size)
+        self.alloc = PrefixCache(kv.num_pages, kv.page_size, enabled=prefix_caching)
         self.pages: dict[int, list[int]] = {}
+        self.cached: dict[int, int] = {}  # request id -> prompt tokens its shared pages hold
         # Batch-padding rows of tree steps write scratch KV somewhere: pages of their own.
-        self.pad_table = self.alloc.ensure([], extra)
+        self.pad_table: list[int] = []
+        self.alloc.extend(self.pad_table, extra)
         self.device = kv.k_pages.device
         self._forward, self._fill, self._draft, self._tree = steps or draft_steps(jit)
 
@@ -67,19 +72,25 @@ class DraftModel:
         prompt, and for a request taken over mid-run its committed tokens too)."""
         for r in reqs:
             need = min(r.length + r.params.max_tokens, self.max_len) + self.extra
-            if -(-need // self.kv.page_size) > self.alloc.num_free:
+            table: list[int] = []
+            cached = self.alloc.acquire(table, r.prompt, need)
+            if cached is None:
                 raise RuntimeError(f"draft KV cache too small for request {r.id}: raise num_pages")
-            self.pages[r.id] = self.alloc.ensure([], need)
-        for q, rows in length_buckets([r.length - 1 for r in reqs]):
+            self.pages[r.id], self.cached[r.id] = table, cached
+        for q, rows in length_buckets([r.length - 1 - self.cached[r.id] for r in reqs]):
             self._prefill([reqs[i] for i in rows], q)
+        for r in reqs:
+            self.alloc.register(self.pages[r.id], r.prompt)
 
     def _prefill(self, reqs: Sequence[Request], q: int) -> None:
         b = pow2(len(reqs))
         tables, mp = self._tables(reqs, b)
-        seqs = [r.prompt + r.out[:-1] for r in reqs] + [[]] * (b - len(reqs))
+        starts = [self.cached[r.id] for r in reqs] + [0] * (b - len(reqs))
+        seqs = [r.context[s:] for r, s in zip(reqs, starts, strict=False)]
+        seqs += [[]] * (b - len(reqs))
         meta = step_meta(
             tables,
-            [0] * b,
+            starts,
             [len(x) for x in seqs],
             self.kv.page_size,
             q_len=q,
@@ -92,6 +103,7 @@ class DraftModel:
 
     def release(self, req: Request) -> None:
         self.alloc.release(self.pages.pop(req.id))
+        del self.cached[req.id]
 
     def draft(
         self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None

@@ -293,6 +293,7 @@ class DraftConfig:
     accept: float | None = None  # a_p; None: estimated online
     power: float | None = None  # r; None: estimated online
     tensor_parallel: int = 1  # processes the draft is split over (its own mesh)
+    prefix_caching: bool = False  # share full prompt pages by content
 
 
 def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
@@ -323,7 +324,7 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
         if cfg.dtype == "int8":
             model = quantize_int8(model)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
-    dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh)
+    dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh, cfg.prefix_caching)
     if cfg.mode == "sd":
         return SDDrafter(dm)
     fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout
