@@ -1,7 +1,8 @@
 """A load test, bounded in size: a few hundred short requests with random prompts, lengths and
-sampling parameters, some of them invalid, arriving while others run. Every valid request
-finishes with the tokens it gets alone, every invalid one is refused with its reason, and the
-pages all come back."""
+sampling parameters, some of them invalid, arriving while others run, on a cache too small
+for all of them (requests are preempted and recomputed). Every valid request finishes with the
+tokens it gets alone, every invalid one is refused with its reason, and the pages all come
+back, in the target's cache and the draft's."""
 
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ def test_hundreds_of_requests_arriving_over_time(options, checkpoints):
     rng = random.Random(7)
     traffic = _traffic(rng, 300)
     engine = dict(max_batch=8, page_size=4, max_model_len=128, **draft, **options)
-    llm = LLM(target, prefix_caching=True, **engine)
+    llm = LLM(target, prefix_caching=True, num_pages=36, **engine)
     free = llm.runner.target.pages.num_free
+    draft_pages = llm.runner.drafter.d.alloc if options else None
+    draft_free = draft_pages.num_free if draft_pages else None
     ids: dict[int, int] = {}  # request id -> index in traffic
     refused: dict[int, str] = {}
     final: dict[int, list[int]] = {}
@@ -72,6 +75,8 @@ def test_hundreds_of_requests_arriving_over_time(options, checkpoints):
     assert set(refused) == bad and len(bad) > 10
     assert set(final) == set(range(len(traffic))) - bad
     assert llm.runner.target.pages.num_free == free  # no page leaked
+    assert draft_pages is None or draft_pages.num_free == draft_free
+    assert llm.metrics["preemptions"] > 0
     # each valid request's tokens equal its run alone, on a fresh engine without the cache
     alone = LLM(target, **engine)
     for i in sorted(final):
