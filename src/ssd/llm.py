@@ -49,7 +49,9 @@ class LLM:
     shape bucket) or "cudagraph" (CUDA only); the default is
     "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
     runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
-    slots, enough by default for `max_batch` sequences of `max_model_len` tokens; with
+    slots, enough by default for `max_batch` sequences of `max_model_len` tokens; requests take
+    pages as they grow, and when they run out the last admitted are preempted and recomputed
+    later. `max_num_batched_tokens` caps the prompt tokens one prefill step admits; with
     `prefix_caching` full prompt pages are shared by content between requests (target and draft)
     (`ssd.engine.prefix_cache`). `tensor_parallel=N` splits the target over N processes
     (`ssd.engine.tensor_parallel`: spawned here on CPU, or the ranks of a `torchrun` launch);
@@ -84,6 +86,7 @@ class LLM:
         prefix_caching: bool = False,
         tensor_parallel: int = 1,
         draft_tensor_parallel: int = 1,
+        max_num_batched_tokens: int | None = None,
     ):
         mode = mode or ("ar" if draft is None else "ssd")
         if mode not in ("ar", "sd", "ssd"):
@@ -106,6 +109,12 @@ class LLM:
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
         _check_sizes(k, max_batch, self.max_len, page_size, num_pages, draft_timeout_s)
+        if max_num_batched_tokens is not None and (
+            not is_int(max_num_batched_tokens) or max_num_batched_tokens < 1
+        ):
+            raise ValueError(
+                f"max_num_batched_tokens must be an integer >= 1, got {max_num_batched_tokens!r}"
+            )
         for name, size in (("", tensor_parallel), ("draft_", draft_tensor_parallel)):
             if not is_int(size) or size < 1:
                 raise ValueError(f"{name}tensor_parallel must be an integer >= 1, got {size!r}")
@@ -174,7 +183,14 @@ class LLM:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = sorted(eos)
         target_model = TargetModel(
-            self.model, kv, steps[0], max_batch, self.max_len, lookahead, prefix_caching
+            self.model,
+            kv,
+            steps[0],
+            max_batch,
+            self.max_len,
+            lookahead,
+            prefix_caching,
+            max_num_batched_tokens,
         )
         self._next_id = 0  # request ids, unique for the engine's life
         self._outputs: dict[int, RequestOutput] = {}  # by request id, until finished

@@ -67,3 +67,30 @@ def test_a_bad_request_is_refused_when_added(checkpoints):
     with pytest.raises(ValueError, match="empty"):
         llm.add_request([])
     assert not llm.has_unfinished()
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "sd", "k": 3}])
+def test_a_token_budget_spreads_admission_over_steps(options, checkpoints):
+    """max_num_batched_tokens=8 over prompts of 7, 2, 7, 1 and 3 tokens: no prefill step takes
+    more than 8 prompt tokens (one request alone may), and every request still gets its solo
+    tokens."""
+    target = checkpoints["llama"]
+    draft = {"draft": checkpoints["llama_bias_gqa2"]} if options else {}
+    llm = LLM(target, max_batch=4, page_size=4, max_num_batched_tokens=8, **draft, **options)
+    solo = [
+        llm.generate(p, sp, use_tqdm=False)[0].token_ids
+        for p, sp in zip(PROMPTS, PARAMS, strict=True)
+    ]
+    ids = [llm.add_request(p, sp) for p, sp in zip(PROMPTS, PARAMS, strict=True)]
+    prefill_batches, final = [], {}
+    while llm.has_unfinished():
+        admitted = [r.id for r in llm.runner.sched.waiting]
+        outputs = llm.step()
+        joined = [i for i in admitted if i not in {r.id for r in llm.runner.sched.waiting}]
+        if joined:
+            prefill_batches.append(joined)
+        final.update({o.request_id: o.token_ids for o in outputs if o.finish_reason})
+    sizes = [sum(len(PROMPTS[ids.index(i)]) for i in batch) for batch in prefill_batches]
+    assert all(n <= 8 or len(b) == 1 for n, b in zip(sizes, prefill_batches, strict=True))
+    assert len(prefill_batches) > 1
+    assert [final[i] for i in ids] == solo

@@ -35,13 +35,20 @@ class Scheduler:
         self.waiting.append(req)
 
     def admit(self) -> list[Request]:
-        """Move waiting requests into the batch, in order, while there is room; returns them."""
-        new = []
+        """Move waiting requests into the batch, in order, while there is a row, their pages
+        and room in the prefill's token budget (the first is admitted whatever its length);
+        returns them."""
+        new: list[Request] = []
+        budget, tokens = self.target.token_budget, 0
         while self.waiting and len(self.running) < self.target.max_batch:
+            n = len(self.waiting[0].context)
+            if new and budget is not None and tokens + n > budget:
+                break
             if not self.target.reserve(self.waiting[0]):
                 break  # the head waits for pages: later requests do not overtake it
             new.append(req := self.waiting.popleft())
             self.running.append(req)
+            tokens += n
         return new
 
     def make_room(self) -> list[Request]:

@@ -38,8 +38,10 @@ class TargetModel:
         max_len: int,
         lookahead: int,
         prefix_caching: bool = False,
+        token_budget: int | None = None,
     ):
         self.model, self.kv, self.step = model, kv, step
+        self.token_budget = token_budget  # prompt tokens one prefill step may take
         self.max_batch, self.max_len, self.lookahead = max_batch, max_len, lookahead
         self.pages = PrefixCache(kv.num_pages, kv.page_size, enabled=prefix_caching)
         self.device = kv.k_pages.device
