@@ -162,7 +162,7 @@ class LLM:
         _check_memory(kv_bytes)
 
         self._mesh: TensorParallelModel | None = None
-        steps = target_steps(jit_name)
+        steps: list[Any] = list(target_steps(jit_name))
         if tensor_parallel > 1:  # this process is rank 0 of the target's mesh
             spec = ShardSpec(
                 str(target),

@@ -121,3 +121,20 @@ def test_a_sharded_draft_gives_the_target_tokens(options, checkpoints):
     assert got == want
     floor = 0.6 if options.get("draft_dtype") == "int8" else 0.95
     assert metrics["draft_failures"] == 0 and metrics["acceptance_rate"] >= floor
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_rank_is_an_error_not_a_hang(checkpoints):
+    """A target rank that dies cannot be replaced (its shard is gone): the next step fails
+    with RuntimeError instead of waiting forever, and closing still works."""
+    import os
+    import signal
+
+    target = checkpoints["qwen2"]
+    llm = LLM(target, max_batch=2, tensor_parallel=2)
+    assert llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)[0].finish_reason == "length"
+    os.kill(llm._mesh.procs[0].pid, signal.SIGKILL)
+    llm._mesh.procs[0].join()
+    with pytest.raises(RuntimeError, match="a tensor-parallel rank of this model failed"):
+        llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)
+    llm.close()

@@ -147,3 +147,18 @@ def test_shapes_that_do_not_split_are_refused(change, size, message, models):
     cfg = ModelConfig(**{**models["llama"].cfg.__dict__, **change})
     with pytest.raises(ValueError, match=message):
         check_tensor_parallel(cfg, size)
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_waiting_on_a_dead_rank_raises_instead_of_hanging():
+    """Shared-memory collectives: rank 0 publishes and waits for rank 1, whose process has
+    exited; within about a second of checks it raises, naming the rank."""
+    ctx = multiprocessing.get_context("spawn")
+    gone = ctx.Process(target=int)  # exits at once
+    gone.start()
+    gone.join()
+    block = collectives.SharedBlock.allocate(2, slot_elems=16)
+    collectives.SharedBlock(block, 1, 2).pids[1] = gone.pid  # rank 1 was that process
+    rank0 = collectives.SharedBlock(block, 0, 2)
+    with pytest.raises(RuntimeError, match=r"rank 1 .* is gone"):
+        rank0.all_reduce(torch.ones(4))

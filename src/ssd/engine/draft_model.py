@@ -57,7 +57,8 @@ class DraftModel:
         self.pad_table: list[int] = []
         self.alloc.extend(self.pad_table, extra)
         self.device = kv.k_pages.device
-        self._forward, self._fill, self._draft, self._tree = steps or draft_steps(jit)
+        s: list[Any] = list(steps or draft_steps(jit))
+        self._forward, self._fill, self._draft, self._tree = s
 
     def close(self) -> None:
         if self.mesh is not None:

@@ -76,7 +76,9 @@ class Group:
             self._bcast(data, timeout)
             return obj
         n = int(self._bcast(torch.zeros(1, dtype=torch.int64), timeout))
-        return pickle.loads(self._bcast(torch.empty(n, dtype=torch.uint8), timeout).numpy())
+        return pickle.loads(
+            self._bcast(torch.empty(n, dtype=torch.uint8), timeout).numpy().tobytes()
+        )
 
     def _bcast(self, t: torch.Tensor, timeout: datetime.timedelta | None) -> torch.Tensor:
         opts = dist.BroadcastOptions()
@@ -105,7 +107,7 @@ def private_group(
     pg = dist.ProcessGroup(store, rank, size)
     pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
     pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, backend)
-    name = f"ssd-tp-{port}"
+    name: Any = f"ssd-tp-{port}"  # a plain str at run time (GroupName in the stubs)
     pg._set_group_name(name)
     torch._C._distributed_c10d._register_process_group(name, pg)
     return Group(pg, name, rank, size, store)
@@ -137,8 +139,12 @@ class MirroredStep:
         self.step, self.index, self.group = step, index, group
 
     def __call__(self, params: Any, cfg: Any, kv: Any, *inputs: Any) -> Any:
-        self.group.broadcast(("step", self.index, inputs))
-        return self.step(params, cfg, kv, *inputs)
+        try:
+            self.group.broadcast(("step", self.index, inputs))
+            return self.step(params, cfg, kv, *inputs)
+        except RuntimeError as e:  # gloo: a peer's connection closed; shared memory: rank gone
+            first = str(e).splitlines()[0][:160]
+            raise RuntimeError(f"a tensor-parallel rank of this model failed ({first})") from e
 
 
 def load_shard(spec: ShardSpec, group: Group) -> Model:

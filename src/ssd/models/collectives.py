@@ -14,6 +14,8 @@ collectives (every rank sees the same shapes, so every rank makes the same choic
 from __future__ import annotations
 
 import os
+import time
+from typing import Any, cast
 
 import torch
 import torch.distributed._functional_collectives as funcol
@@ -24,18 +26,23 @@ from ssd.models.config import Shard
 # fp32 elements per rank and phase: a decode or verification step's hidden rows and a batch
 # of 8 verification rounds' logits of a 152k vocabulary on two ranks fit.
 SLOT_ELEMS = 4 << 20
-_LINE = 8  # int64 per sequence counter: one 64-byte cache line each
+_LINE = 8  # int64 per rank: its sequence counter and pid, alone on a 64-byte cache line
+_CHECK_S = 1.0  # how often a waiting rank checks that the ranks it waits for are alive
 
 _BLOCKS: dict[str, SharedBlock] = {}  # group name -> this process's view of the block
 
 
 class SharedBlock:
     """Slots and sequence counters in one shared tensor (`allocate` it on rank 0 and hand it to
-    the other ranks' processes), viewed by one rank."""
+    the other ranks' processes), viewed by one rank. A rank that waits for another checks,
+    about once a second, that the other's process is still alive, and raises RuntimeError
+    instead of waiting forever for a rank that died."""
 
     def __init__(self, block: Tensor, rank: int, size: int):
         self.rank, self.size = rank, size
-        self.flags = block[: size * _LINE].view(size, _LINE)[:, 0]
+        lines = block[: size * _LINE].view(size, _LINE)
+        self.flags, self.pids = lines[:, 0], lines[:, 1]
+        self.pids[rank] = os.getpid()
         self.slots = block[size * _LINE :].view(torch.float32).view(2, size, -1)
         self.seq = 0
 
@@ -58,9 +65,19 @@ class SharedBlock:
         # x86 keeps stores in order: the slot's data is visible before the counter that
         # publishes it, and the threads that copied joined before this store.
         self.flags[self.rank] = self.seq
+        check = time.monotonic() + _CHECK_S
         while int(self.flags.min()) < self.seq:
             os.sched_yield()
+            if time.monotonic() > check:
+                self._check_alive()
+                check = time.monotonic() + _CHECK_S
         return slots[:, :n]
+
+    def _check_alive(self) -> None:
+        for rank in range(self.size):
+            pid = int(self.pids[rank])
+            if int(self.flags[rank]) < self.seq and pid and not _alive(pid):
+                raise RuntimeError(f"tensor-parallel rank {rank} (pid {pid}) is gone")
 
     def all_reduce(self, x: Tensor) -> Tensor:
         parts = self._exchange(x)
@@ -72,6 +89,22 @@ class SharedBlock:
     def all_gather(self, x: Tensor) -> Tensor:
         """Every rank's `x` stacked on a new leading dimension."""
         return self._exchange(x).reshape(self.size, *x.shape).to(x.dtype).clone()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (an exited child not yet reaped is a zombie: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not os.path.isdir("/proc")  # where /proc exists, no entry means gone
 
 
 def register(group: str, block: Tensor, rank: int, size: int) -> None:
@@ -117,7 +150,7 @@ def all_reduce(x: Tensor, shard: Shard) -> Tensor:
     if _uses_block(x, shard):
         out: Tensor = torch.ops.ssd.shm_all_reduce(x, shard.group)
         return out
-    return _waited(funcol.all_reduce(x, "sum", shard.group))
+    return _waited(funcol.all_reduce(x, "sum", cast(Any, shard.group)))
 
 
 def all_gather_last(x: Tensor, shard: Shard) -> Tensor:
@@ -126,7 +159,7 @@ def all_gather_last(x: Tensor, shard: Shard) -> Tensor:
         parts: Tensor = torch.ops.ssd.shm_all_gather(x.contiguous(), shard.group, shard.size)
     else:
         gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
-        flat = _waited(gather(x.contiguous()[None], 0, shard.group))
+        flat = _waited(gather(x.contiguous()[None], 0, cast(Any, shard.group)))
         parts = flat
     return parts.movedim(0, -2).flatten(-2)
 
