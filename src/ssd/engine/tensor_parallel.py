@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.utils._pytree as pytree
 
 from ssd.jit import Step
 from ssd.kv import KVCache, alloc_kv_cache
@@ -120,6 +121,8 @@ def torchrun_group(size: int, device: torch.device) -> Group:
     world = int(os.environ["WORLD_SIZE"])
     if world != size:
         raise ValueError(f"tensor_parallel={size} but torchrun started {world} processes")
+    if device.type == "cuda":  # "cuda" means this rank's GPU from here on
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     mesh = init_device_mesh(device.type, (size,), mesh_dim_names=("tp",))
@@ -140,7 +143,7 @@ class MirroredStep:
 
     def __call__(self, params: Any, cfg: Any, kv: Any, *inputs: Any) -> Any:
         try:
-            self.group.broadcast(("step", self.index, inputs))
+            self.group.broadcast(("step", self.index, _to(inputs, "cpu")))
             return self.step(params, cfg, kv, *inputs)
         except RuntimeError as e:  # gloo: a peer's connection closed; shared memory: rank gone
             first = str(e).splitlines()[0][:160]
@@ -172,8 +175,14 @@ def follow(spec: ShardSpec, group: Group, make_steps: Callable[[str], list[Step]
         if msg[0] == "exit":
             return
         _, index, inputs = msg
-        out = steps[index](model.params, model.cfg, kv, *inputs)
+        out = steps[index](model.params, model.cfg, kv, *_to(inputs, spec.device))
         kv = out if isinstance(out, KVCache) else out[0]  # a step returns (kv, ...) or kv
+
+
+def _to(inputs: Any, device: str) -> Any:
+    """Step inputs travel through host memory (gloo); each rank puts them on its own device
+    (under torchrun on GPUs, "cuda" is the rank's own: `torchrun_group` sets it)."""
+    return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)
 
 
 def _float_dtype(spec: ShardSpec) -> torch.dtype:
