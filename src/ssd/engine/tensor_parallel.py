@@ -135,7 +135,7 @@ def under_torchrun() -> bool:
 
 
 class MirroredStep:
-    """A target step on rank 0 that first sends its inputs to the other ranks, which run
+    """A step on rank 0 that first sends its inputs to the other ranks, which run
     their `steps[index]` on their own shards."""
 
     def __init__(self, step: Step, index: int, group: Group):
