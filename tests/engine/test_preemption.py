@@ -1,7 +1,8 @@
 """Preemption by recompute: with too few KV pages for every running request's whole run, the
 requests admitted last give their pages back and are recomputed later, and still produce
 exactly their own tokens (greedy: transformers'; seeded: those of a cache large enough never to
-preempt), in AR, SD and SSD, with the draft in this process or its own; no page leaks."""
+preempt), in AR, SD and SSD, with the draft in this process or its own, and with a two-rank
+target; no page leaks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ MODES = [
     {"mode": "sd", "k": 4},
     {"mode": "ssd", "k": 4, "backup": "neural"},
     {"mode": "ssd", "k": 3, "backup": "neural", "draft_process": True},
+    {"mode": "sd", "k": 4, "tensor_parallel": 2, "prefix_caching": True},
 ]
 
 
