@@ -20,17 +20,7 @@ class ARRunner:
         t, sched = self.target, self.sched
         admitted = sched.admit()
         if admitted:
-            resumed = [r.resumed for r in admitted]
-            tokens = t.prefill(admitted)
-            events = []
-            for req, tok, again in zip(admitted, tokens, resumed, strict=True):
-                if again:  # its next token comes from the next decode, as before preemption
-                    events.append((req, 0))
-                    continue
-                if req.append(tok, t.max_len):
-                    sched.finish(req)
-                events.append((req, 1))
-            return events
+            return sched.start(admitted, t.prefill(admitted))
         sched.make_room()
         batch = list(sched.running)  # a copy: finished requests leave `running`
         if not batch:

@@ -75,8 +75,7 @@ class PrefixCache:
             self._idle.pop(page, None)
             self._refs[page] = self._refs.get(page, 0) + 1
         table += hits
-        while len(table) * self.page_size < length:
-            table.append(self._take())
+        self.extend(table, length)  # room checked above
         cached = len(hits) * self.page_size
         self.hit_tokens += cached
         self.prompt_tokens += len(prompt)

@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import faulthandler
 import os
-import pickle
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssd.engine.drafters import DraftConfig, make_drafter
+from ssd.engine.rendezvous import await_keys, host_store, pickled, unpickled
 from ssd.engine.requests import Request
 from ssd.engine.speculation import DraftFailure, LocalDrafter, Speculation
 
@@ -50,15 +50,13 @@ class Channel:
         return t
 
     def send_obj(self, obj: Any, timeout_s: float | None = None) -> None:
-        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        data = pickled(obj)
         self.send(torch.tensor([data.numel()]), timeout_s)
         self.send(data, timeout_s)
 
     def recv_obj(self, timeout_s: float | None = None) -> Any:
         n = int(self.recv(torch.zeros(1, dtype=torch.int64), timeout_s))
-        return pickle.loads(
-            self.recv(torch.empty(n, dtype=torch.uint8), timeout_s).numpy().tobytes()
-        )
+        return unpickled(self.recv(torch.empty(n, dtype=torch.uint8), timeout_s))
 
     @staticmethod
     def _wait(work: Any, timeout_s: float | None) -> None:
@@ -90,14 +88,7 @@ class RemoteDrafter:
         self.k = cfg.k
         self.device = torch.device(cfg.device)
         self.timeout_s, self._first_timeout_s = timeout_s, startup_timeout_s
-        store = dist.TCPStore(
-            "127.0.0.1",
-            0,
-            2,
-            True,
-            wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=startup_timeout_s),
-        )
+        store = host_store(2, startup_timeout_s)
         self._affinity = os.sched_getaffinity(0)
         self._threads = torch.get_num_threads()
         cores = _cores() if self.device.type == "cpu" else None
@@ -105,7 +96,9 @@ class RemoteDrafter:
             target=_serve, args=(cfg, store.port, cores and cores[1]), daemon=True
         )
         self.proc.start()
-        _await_worker(store, self.proc, startup_timeout_s)
+        if problem := await_keys(store, ["worker"], [self.proc], startup_timeout_s):
+            self.proc.kill()
+            raise DraftFailure(f"the draft process {problem}")
         self.chan = Channel(store, TARGET, startup_timeout_s)
         self._store = store  # the worker's rendezvous: kept alive with the group
         if cores is not None:  # one thread per core left to the target: never oversubscribe
@@ -169,18 +162,6 @@ class RemoteDrafter:
         del self.chan  # the group's sockets
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
-
-
-def _await_worker(store: dist.TCPStore, proc: Any, timeout_s: float) -> None:
-    """Wait for the worker to reach the store, failing at once if it dies on the way (a bad
-    import, say) instead of after the whole timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not store.check(["worker"]):
-        if not proc.is_alive():
-            raise DraftFailure(f"the draft process exited with code {proc.exitcode} at start")
-        if time.monotonic() > deadline:
-            raise DraftFailure(f"the draft process did not start in {timeout_s:g} s")
-        time.sleep(0.02)
 
 
 def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:

@@ -51,6 +51,20 @@ class Scheduler:
             tokens += n
         return new
 
+    def start(self, admitted: list[Request], tokens: list[int]) -> list[tuple[Request, int]]:
+        """Record the token each admitted request's prefill produced: a new request's first (a
+        request resumed after preemption has its tokens, and its next comes from its next
+        step, as if never preempted); finishes those done. Returns (request, new tokens)."""
+        events = []
+        for req, tok in zip(admitted, tokens, strict=True):
+            if req.resumed:
+                events.append((req, 0))
+                continue
+            if req.append(tok, self.target.max_len):
+                self.finish(req)
+            events.append((req, 1))
+        return events
+
     def make_room(self) -> list[Request]:
         """Pages for every running request's next step, preempting the ones admitted last
         while some request lacks them; returns the preempted requests (no longer running)."""

@@ -65,22 +65,14 @@ class SpecRunner:
         return events
 
     def _prefill(self, admitted: list[Request]) -> list[tuple[Request, int]]:
-        resumed = {r.id for r in admitted if r.resumed}  # after preemption: no new token
         for req in admitted:
-            if req.id not in resumed:
+            if not req.resumed:  # a request back from preemption keeps its rounds
                 req.acceptance = AcceptanceStats(self.k)
-        tokens = self.target.prefill(admitted)
-        done = [
-            r
-            for r, t in zip(admitted, tokens, strict=True)
-            if r.id not in resumed and r.append(t, self.target.max_len)
-        ]
-        live = [r for r in admitted if r not in done]
+        events = self.sched.start(admitted, self.target.prefill(admitted))
+        live = [r for r in admitted if r.finish_reason is None]  # finished: never drafted
         if live:  # the drafter starts from the committed tokens, the last one r
             self.drafter.admit(live)
-        for req in done:  # never reached the drafter
-            self.sched.finish(req)
-        return [(req, 0 if req.id in resumed else 1) for req in admitted]
+        return events
 
     def _round(self, batch: list[Request]) -> list[tuple[Request, int]]:
         start = time.perf_counter()

@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import faulthandler
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.utils._pytree as pytree
 
+from ssd.engine.rendezvous import await_keys, host_store, pickled, unpickled
 from ssd.jit import Step
 from ssd.kv import KVCache, alloc_kv_cache
 from ssd.models import collectives
@@ -72,14 +72,12 @@ class Group:
     def broadcast(self, obj: Any = None, timeout: datetime.timedelta | None = None) -> Any:
         """Rank 0 sends `obj`; every rank returns it."""
         if self.rank == 0:
-            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            data = pickled(obj)
             self._bcast(torch.tensor([data.numel()]), timeout)
             self._bcast(data, timeout)
             return obj
         n = int(self._bcast(torch.zeros(1, dtype=torch.int64), timeout))
-        return pickle.loads(
-            self._bcast(torch.empty(n, dtype=torch.uint8), timeout).numpy().tobytes()
-        )
+        return unpickled(self._bcast(torch.empty(n, dtype=torch.uint8), timeout))
 
     def _bcast(self, t: torch.Tensor, timeout: datetime.timedelta | None) -> torch.Tensor:
         opts = dist.BroadcastOptions()
@@ -90,20 +88,17 @@ class Group:
         return t
 
 
-def private_group(
-    port: int, rank: int, size: int, timeout_s: float, wait: Callable[[Any], None] | None = None
-) -> Group:
-    """Join the gloo group of `size` ranks at the TCP store on `port` (rank 0 hosts the store
-    and first runs `wait(store)`), registered under a name of its own so that functional
-    collectives find it."""
+def private_group(port: int, rank: int, size: int, timeout_s: float, store: Any = None) -> Group:
+    """Join the gloo group of `size` ranks at the TCP store on `port` (rank 0 hosts it, or
+    passes the `store` it already hosts), registered under a name of its own so that
+    functional collectives find it."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(
-        "127.0.0.1", port, size, rank == 0, timeout=timeout, wait_for_workers=False
-    )
+    if store is None:
+        store = dist.TCPStore(
+            "127.0.0.1", port, size, rank == 0, timeout=timeout, wait_for_workers=False
+        )
     if rank:
         store.set(f"up{rank}", "1")
-    elif wait is not None:
-        wait(store)
     backend = dist.ProcessGroupGloo(store, rank, size, timeout)
     pg = dist.ProcessGroup(store, rank, size)
     pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
@@ -226,9 +221,7 @@ class TensorParallelModel:
         make_steps: Callable[[str], list[Step]],
         timeout_s: float,
     ) -> Group:
-        store = dist.TCPStore("127.0.0.1", 0, 1, True, wait_for_workers=False)
-        port = store.port
-        del store  # the port is free again for the group's own store
+        store = host_store(size, timeout_s)
         cores = _core_shares(size) if spec.device == "cpu" else None
         # A draft worker (itself a daemon process) spawns its draft's ranks: allowed, as they
         # are daemons that end with it.
@@ -236,33 +229,29 @@ class TensorParallelModel:
         block = collectives.SharedBlock.allocate(size)  # the ranks share this host
         ctx = mp.get_context("spawn")
         for rank in range(1, size):
-            args = (spec, port, rank, size, timeout_s, make_steps, cores and cores[rank], block)
+            args = (
+                spec,
+                store.port,
+                rank,
+                size,
+                timeout_s,
+                make_steps,
+                cores and cores[rank],
+                block,
+            )
             proc = ctx.Process(target=_serve, args=args, daemon=True)
             proc.start()
             self.procs.append(proc)
         if cores is not None:
             os.sched_setaffinity(0, cores[0])
             torch.set_num_threads(len(cores[0]))
-        group = private_group(port, 0, size, timeout_s, wait=self._await_ranks(timeout_s))
+        keys = [f"up{rank}" for rank in range(1, size)]
+        if problem := await_keys(store, keys, self.procs, timeout_s):
+            self._stop(time.monotonic())
+            raise RuntimeError(f"a tensor-parallel rank {problem}")
+        group = private_group(store.port, 0, size, timeout_s, store)
         collectives.register(group.name, block, 0, size)
         return group
-
-    def _await_ranks(self, timeout_s: float) -> Callable[[Any], None]:
-        """Wait for every spawned rank to reach the store; fail at once if one dies on the way
-        (a bad import, say) instead of after the whole timeout."""
-
-        def wait(store: Any) -> None:
-            deadline = time.monotonic() + timeout_s
-            keys = [f"up{rank}" for rank in range(1, len(self.procs) + 1)]
-            while not store.check(keys):
-                dead = [p.exitcode for p in self.procs if not p.is_alive()]
-                if dead or time.monotonic() > deadline:
-                    self._stop(time.monotonic())
-                    state = f"exited with codes {dead}" if dead else f"not up in {timeout_s:g} s"
-                    raise RuntimeError(f"tensor-parallel ranks {state}")
-                time.sleep(0.02)
-
-        return wait
 
     def close(self) -> None:
         if self.closed:

@@ -159,8 +159,7 @@ def all_gather_last(x: Tensor, shard: Shard) -> Tensor:
         parts: Tensor = torch.ops.ssd.shm_all_gather(x.contiguous(), shard.group, shard.size)
     else:
         gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
-        flat = _waited(gather(x.contiguous()[None], 0, cast(Any, shard.group)))
-        parts = flat
+        parts = _waited(gather(x.contiguous()[None], 0, cast(Any, shard.group)))
     return parts.movedim(0, -2).flatten(-2)
 
 

@@ -45,8 +45,6 @@ LAYER_AXES: dict[str, tuple[str | None, ...]] = {
     "w_up": ("ffn", None),
     "w_down": (None, "ffn"),
 }
-# Params fields outside the layers: embedding and head rows are vocabulary ids.
-VOCAB_SHARDED = ("embed", "lm_head")
 
 
 def check_tensor_parallel(cfg: ModelConfig, size: int) -> None:
