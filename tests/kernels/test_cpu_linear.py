@@ -20,7 +20,8 @@ def _weights(n: int, k: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 20])
-@pytest.mark.parametrize(("n", "k"), [(64, 64), (37, 13), (9, 200)])  # N % 4, K % 8 tails
+# N % 4 and K % 8 tails; 301 rows: more than one task's worth of blocks (each reads four runs)
+@pytest.mark.parametrize(("n", "k"), [(64, 64), (37, 13), (9, 200), (301, 48)])
 def test_bf16_matches_fp32_reference(m, n, k):
     w = _weights(n, k, seed=n + k).bfloat16()
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
@@ -41,14 +42,15 @@ def _q8(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("m", [1, 4, 9])
 @pytest.mark.parametrize("k", [96, 100])  # K % 32 == 0: activations in int8 blocks; else fp32
-def test_int8_matches_dequantized_reference(m, k):
-    w = _weights(50, k, seed=3)  # N % 4 tail too
+@pytest.mark.parametrize("n", [50, 301])  # N % 4 tails; 301: several tasks' blocks
+def test_int8_matches_dequantized_reference(m, k, n):
+    w = _weights(n, k, seed=3)
     q, scale = quantize_rows(w)
     x = torch.randn(2, m, k, generator=torch.Generator().manual_seed(m))  # leading dims kept
     xr = _q8(x) if k % 32 == 0 else x
     ref = F.linear(xr, q.float() * scale[:, None])
     out = linear(x, q, None, scale)
-    assert out.shape == (2, m, 50)
+    assert out.shape == (2, m, n)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (w - q.float() * scale[:, None]).abs().max() <= scale.max() / 2 + 1e-7
     if k % 32 == 0:  # and the activation rounding is what it costs: within half a step per block
