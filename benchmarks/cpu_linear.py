@@ -1,10 +1,11 @@
 """Small-batch linear layers on CPU: ATen (bf16, fp32) against `ssd.kernels` (bf16, int8).
 
-Streams forty [8960, 1536] matrices (the Qwen2.5-1.5B MLP shape) per measurement and prints,
-for each row count M, GB/s of weight bytes and the median time per matrix. Decoding lives at
-M = 1 (AR, draft steps) and M = K + 1 (verification), SSD's tree steps at M = its budget.
+Streams forty [8960, 1536] matrices (the Qwen2.5-1.5B MLP shape; `--shape` for another) per
+measurement and prints, for each row count M, GB/s of weight bytes and the median time per
+matrix. Decoding lives at M = 1 (AR, draft steps) and M = K + 1 (verification), SSD's tree
+steps at M = its budget.
 
-    python benchmarks/cpu_linear.py [--threads 2] [--rows 1,2,5,8,20,64]
+    python benchmarks/cpu_linear.py [--threads 2] [--rows 1,2,5,8,20,64] [--shape 1536,8960]
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rows", default="1,2,5,8,20,64")
     ap.add_argument("--matrices", type=int, default=40, help="40: 1.1 GB of bf16, past the caches")
+    ap.add_argument("--shape", default="8960,1536", help="N,K of each weight matrix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     native = prepare()
-    n, k, count = 8960, 1536, args.matrices
+    (n, k), count = map(int, args.shape.split(",")), args.matrices
     ws = [torch.randn(n, k).bfloat16() for _ in range(count)]
     ws32 = [w.float() for w in ws]
     q8 = [quantize_rows(w) for w in ws]
     print(
-        f"{args.threads} threads, ssd kernels {'on' if native else 'unavailable'}, "
+        f"[{n}, {k}] x {count}, {args.threads} threads, "
+        f"ssd kernels {'on' if native else 'unavailable'}, "
         f"capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(

@@ -139,8 +139,9 @@ def default_setup(device: str) -> dict:
         "k": 4,
         "dtype": "bfloat16",
         "draft_dtype": "int8",
-        "reason": "CPU: SD measured fastest here (docs/performance.md); SSD's draft would take "
-        "cores and memory bandwidth from the target (SSD pays when the draft has its own device)",
+        "reason": "CPU: SD measured fastest of the speculative modes here (docs/performance.md: "
+        "1.5 x AR on code, about AR's speed on prose); SSD's draft would take cores and memory "
+        "bandwidth from the target (SSD pays when the draft has its own device)",
     }
 
 
