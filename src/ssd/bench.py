@@ -249,7 +249,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from ssd import specbench
     from ssd.models.loading import load_model, load_tokenizer
-    from ssd.models.quantize import quantize_int8
+    from ssd.models.quantize import load_at
 
     target, draft = _pair(args)
     tok = load_tokenizer(target)
@@ -257,9 +257,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     dtype = getattr(torch, args.dtype)
     b_target = weight_bytes(load_model(target, dtype=dtype))
-    d = load_model(draft, dtype=torch.bfloat16 if args.draft_dtype == "int8" else dtype)
-    b_draft = weight_bytes(quantize_int8(d) if args.draft_dtype == "int8" else d)
-    del d
+    b_draft = weight_bytes(load_at(draft, args.draft_dtype))
     modes, engines = build_modes(args, target, draft)
     m = args.max_tokens
     total = len(modes) * len(prompts) * (args.repeats + 1)

@@ -23,6 +23,7 @@ from ssd.engine.tensor_parallel import ShardSpec, TensorParallelModel, under_tor
 from ssd.kv import alloc_kv_cache, kv_cache_bytes
 from ssd.models.config import ModelConfig
 from ssd.models.loading import load_model, load_tokenizer
+from ssd.models.quantize import activation_dtype
 from ssd.models.sharding import check_tensor_parallel
 
 Prompt = str | Sequence[int]
@@ -155,8 +156,7 @@ class LLM:
                 tensor_parallel=draft_tensor_parallel,
                 prefix_caching=prefix_caching,
             )
-            kv_dtype = torch.bfloat16 if draft_dtype == "int8" else draft_dtype
-            assert isinstance(kv_dtype, torch.dtype)
+            kv_dtype = activation_dtype(draft_dtype)
             draft_bytes = kv_cache_bytes(draft_cfg, draft_kv_pages(dcfg)[0], page_size, kv_dtype)
             kv_bytes.append((torch.device(dcfg.device), draft_bytes))
         _check_memory(kv_bytes)

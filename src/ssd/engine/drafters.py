@@ -308,11 +308,8 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     from ssd.engine.draft_model import draft_steps
     from ssd.engine.tensor_parallel import ShardSpec, TensorParallelModel
     from ssd.kv import alloc_kv_cache
-    from ssd.models.loading import load_model
-    from ssd.models.quantize import quantize_int8
+    from ssd.models.quantize import activation_dtype, load_at
 
-    # "int8": int8 weights (ssd.models.quantize) with bf16 activations and KV.
-    dtype = torch.bfloat16 if cfg.dtype == "int8" else getattr(torch, cfg.dtype)
     pages, extra = draft_kv_pages(cfg)
     mesh, steps = None, None
     if cfg.tensor_parallel > 1:  # this process is rank 0 of the draft's own mesh
@@ -320,9 +317,8 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
         mesh = TensorParallelModel(spec, cfg.tensor_parallel, draft_steps, spawn=True)
         model, steps = mesh.model, mesh.steps
     else:
-        model = load_model(cfg.path, dtype=dtype, device=cfg.device)
-        if cfg.dtype == "int8":
-            model = quantize_int8(model)
+        model = load_at(cfg.path, cfg.dtype, cfg.device)
+    dtype = activation_dtype(cfg.dtype)
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh, cfg.prefix_caching)
     if cfg.mode == "sd":

@@ -39,8 +39,8 @@ from ssd.engine.rendezvous import await_keys, host_store, pickled, unpickled
 from ssd.jit import Step
 from ssd.kv import KVCache, alloc_kv_cache
 from ssd.models import collectives
-from ssd.models.loading import Model, load_model
-from ssd.models.quantize import quantize_int8
+from ssd.models.loading import Model
+from ssd.models.quantize import activation_dtype, load_at
 from ssd.models.sharding import shard_model
 
 # A follower waits for rank 0 without limit between steps (the engine may idle for hours).
@@ -148,9 +148,7 @@ class MirroredStep:
 def load_shard(spec: ShardSpec, group: Group) -> Model:
     """This rank's shard of the model (the full weights are read, split, then freed); its
     collectives go through shared memory where the group has a block."""
-    full = load_model(spec.path, dtype=_float_dtype(spec), device=spec.device)
-    if spec.dtype == "int8":  # quantized whole, then split: row scales follow their rows
-        full = quantize_int8(full)
+    full = load_at(spec.path, spec.dtype, spec.device)  # int8: row scales follow their rows
     shm = collectives.has_block(group.name)
     return shard_model(full, group.name, group.rank, group.size, shared_memory=shm)
 
@@ -159,7 +157,8 @@ def follow(spec: ShardSpec, group: Group, make_steps: Callable[[str], list[Step]
     """A rank other than 0: build the shard, then run each step rank 0 announces, until it says
     exit or its connection closes."""
     model = load_shard(spec, group)
-    kv = alloc_kv_cache(model.cfg, spec.num_pages, spec.page_size, _float_dtype(spec), spec.device)
+    dtype = activation_dtype(spec.dtype)
+    kv = alloc_kv_cache(model.cfg, spec.num_pages, spec.page_size, dtype, spec.device)
     steps = make_steps(spec.jit)
     group.broadcast(timeout=_FOREVER)  # rank 0's "ready" once every rank has its shard
     while True:
@@ -178,10 +177,6 @@ def _to(inputs: Any, device: str) -> Any:
     """Step inputs travel through host memory (gloo); each rank puts them on its own device
     (under torchrun on GPUs, "cuda" is the rank's own: `torchrun_group` sets it)."""
     return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)
-
-
-def _float_dtype(spec: ShardSpec) -> torch.dtype:
-    return torch.bfloat16 if spec.dtype == "int8" else getattr(torch, spec.dtype)
 
 
 class TensorParallelModel:

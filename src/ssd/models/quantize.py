@@ -9,11 +9,12 @@ embedding stays in its float dtype (a lookup reads one row per token, not the wh
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ssd.models.loading import Model
+from ssd.models.loading import Model, load_model
 
 # Layer weights that are matrices (norms and biases stay float).
 MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -36,3 +37,17 @@ def quantize_int8(model: Model) -> Model:
     head, head_scale = quantize_rows(p.lm_head)
     params = dataclasses.replace(p, layers=layers, lm_head=head, head_scale={"lm_head": head_scale})
     return dataclasses.replace(model, params=params)
+
+
+def activation_dtype(precision: str | torch.dtype) -> torch.dtype:
+    """The activations' and KV cache's dtype of a model kept at `precision`: a torch float
+    dtype or its name, or "int8" (int8 weights, bf16 activations)."""
+    if precision == "int8":
+        return torch.bfloat16
+    return precision if isinstance(precision, torch.dtype) else getattr(torch, precision)
+
+
+def load_at(path: str | Path, precision: str | torch.dtype, device: str = "cpu") -> Model:
+    """`load_model` at `precision`; "int8" quantizes the weights once loaded in bf16."""
+    model = load_model(path, dtype=activation_dtype(precision), device=device)
+    return quantize_int8(model) if precision == "int8" else model
