@@ -5,10 +5,10 @@
 // BF16 falls back to a compute-bound path that is 4x slower at M = 5 than at M = 1; these
 // kernels read each weight row once per block of rows and keep the product in fp32 registers.
 //
-// bf16 weights are widened 16 at a time by interleaving with zeros (two in-lane unpacks, no
-// shifts), which puts them in the lane order 0-3, 8-11 | 4-7, 12-15; x is permuted once per
-// call to match. Every output element is one dot product accumulated in the same order (FMA
-// lanes over k, a fixed horizontal sum, then the scalar tail) whatever M, the row's position
+// bf16 weights are widened 16 at a time by masking (even elements, then odd: no shuffles, see
+// tile16); x is permuted once per call to match. Every output element is one dot product
+// accumulated in the same order (FMA lanes over k, a fixed horizontal sum, then the scalar
+// tail) whatever M, the row's position
 // in the batch or the thread split: results are bitwise independent of batch shape, so a
 // token's logits in a K+1-token verification equal its logits in a 1-token decode.
 //
@@ -92,37 +92,52 @@ inline void tile(const float* x, const W* w, float* out, int64_t K, int64_t N, i
     }
 }
 
-// bf16, 16 weights per step: unpacking with zeros widens lanes {0-3, 8-11} and {4-7, 12-15}
-// in one instruction each; `xp` holds x permuted the same way (see permute16).
+// bf16, 16 weights per step, split by parity with no shuffles: the 32-bit lane holding the pair
+// (w[2j], w[2j + 1]) is w[2j + 1] in fp32 once its low half is cleared, and the same load two
+// bytes earlier, (w[2j - 1], w[2j]), gives w[2j]. `xp` holds x split the same way (see
+// permute16). The first step of a row widens w[2j] by a shift instead, so that no load starts
+// before the matrix. Unpacking with zeros (the earlier widening) issues on a port the FMAs also
+// use; masking does not: in L1, [4, 768] tiles against two x rows went from 20 to 35 GB/s.
+// x is loaded once per row and kept in a register (`keep`): left to itself the compiler folds
+// each x load into both FMAs that use it, and Zen 3 issues only two 256-bit loads per cycle.
+inline void keep(__m256& v) { asm("" : "+x"(v)); }
+
 template <int MT, int RR>
 inline void tile16(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
                    int64_t m0, int64_t n, int64_t S) {
-  const __m256i zero = _mm256_setzero_si256();
+  const __m256 high = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
   __m256 acc[MT][RR];
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_ps();
+  const auto fma_all = [&](const __m256 (&wv)[RR], const float* x) {
+    for (int i = 0; i < MT; ++i) {
+      __m256 xv = _mm256_loadu_ps(x + (m0 + i) * K);
+      keep(xv);
+      for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
+    }
+  };
+  const auto row = [&](int r, int64_t k) { return w + (n + r * S) * K + k; };
   const int64_t K16 = K / 16 * 16;
   for (int64_t k = 0; k < K16; k += 16) {
-    __m256 lo[RR], hi[RR];
+    __m256 wv[RR];
     for (int r = 0; r < RR; ++r) {
-      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + r * S) * K + k));
-      if constexpr (MT >= 3) prefetch(w + (n + r * S) * K + k + kAhead16 / 2);
-      lo[r] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
-      hi[r] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
-    }
-    for (int i = 0; i < MT; ++i) {
-      __m256 xl = _mm256_loadu_ps(xp + (m0 + i) * K + k);
-      __m256 xh = _mm256_loadu_ps(xp + (m0 + i) * K + k + 8);
-      for (int r = 0; r < RR; ++r) {
-        acc[i][r] = _mm256_fmadd_ps(lo[r], xl, acc[i][r]);
-        acc[i][r] = _mm256_fmadd_ps(hi[r], xh, acc[i][r]);
+      if constexpr (MT >= 3) prefetch(row(r, k) + kAhead16 / 2);
+      if (k == 0) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row(r, 0)));
+        wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      } else {
+        wv[r] = _mm256_and_ps(high, _mm256_loadu_ps(reinterpret_cast<const float*>(row(r, k) - 1)));
       }
     }
+    fma_all(wv, xp + k);
+    for (int r = 0; r < RR; ++r)
+      wv[r] = _mm256_and_ps(high, _mm256_loadu_ps(reinterpret_cast<const float*>(row(r, k))));
+    fma_all(wv, xp + k + 8);
   }
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < RR; ++r) {
       float s = hsum(acc[i][r]);
-      for (int64_t t = K16; t < K; ++t) s += xp[(m0 + i) * K + t] * to_float(w[(n + r * S) * K + t]);
+      for (int64_t t = K16; t < K; ++t) s += xp[(m0 + i) * K + t] * to_float(*row(r, t));
       out[(m0 + i) * N + n + r * S] = s;
     }
 }
@@ -317,20 +332,24 @@ void quantize_q8(const float* x, int64_t M, int64_t K, std::vector<int8_t>& q,
     }
 }
 
-// x [M, K] with each full block of 16 reordered to the lanes `tile16` widens: 0-3, 8-11, 4-7,
-// 12-15.
-std::vector<float> permute16(const float* x, int64_t M, int64_t K) {
-  std::vector<float> xp(x, x + M * K);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k + 16 <= K; k += 16)
-      for (int j = 0; j < 4; ++j) {
-        const float* src = x + m * K + k;
-        float* dst = xp.data() + m * K + k;
-        dst[j] = src[j];
-        dst[4 + j] = src[8 + j];
-        dst[8 + j] = src[4 + j];
-        dst[12 + j] = src[12 + j];
+// x [M, K] with each full block of 16 split by parity as `tile16` reads it: elements 0, 2, ...,
+// 14, then 1, 3, ..., 15. In a tensor, so that rows of a multiple of 8 floats start 32-byte
+// aligned (a std::vector's buffer can start 16 bytes off, and then every other load of x
+// straddles two cache lines).
+at::Tensor permute16(const float* x, int64_t M, int64_t K) {
+  at::Tensor xp = at::empty({M, K}, at::kFloat);
+  float* dst = xp.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * K;
+    float* d = dst + m * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+      for (int j = 0; j < 8; ++j) {
+        d[k + j] = src[k + 2 * j];
+        d[k + 8 + j] = src[k + 2 * j + 1];
       }
+    for (; k < K; ++k) d[k] = src[k];
+  }
   return xp;
 }
 
@@ -380,11 +399,12 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
           for (int64_t m = 0; m < M; ++m) tile32<1, 1>(xp.data(), wp, o, K, N, m, n, 1);
         });
 #else
-    const std::vector<float> xp = permute16(xf, M, K);
+    const at::Tensor xt = permute16(xf, M, K);
+    const float* xp = xt.data_ptr<float>();
     matmul(
         M, N,
         [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-          tile16<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n, S);
+          tile16<decltype(MT)::value, decltype(RR)::value>(xp, wp, o, K, N, m0, n, S);
         },
         [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
 #endif
