@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import pytest
 
@@ -70,6 +71,25 @@ def test_bad_arguments_are_refused_before_anything_loads(capsys):
     assert bench.main(["--modes", "ar,nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert bench.main(["--max-tokens", "1"]) == 2
+    assert bench.main(["--draft-stop", "1.5"]) == 2
+    assert "--draft-stop" in capsys.readouterr().err
+
+
+def test_each_runner_times_decoding_from_its_first_generated_token(checkpoints):
+    """Prefill stays out: the time a runner reports starts at its first token, so it is
+    positive and shorter than the whole call (a streamer that never fired would not be)."""
+    from transformers import AutoModelForCausalLM
+
+    from ssd import LLM
+
+    path = checkpoints["llama"]
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    sd = LLM(path, draft=path, mode="sd", k=2, max_batch=1, draft_stop=0.5)
+    runners = {"hf": bench._hf_runner(hf, 0.0), "sd": bench._ssd_runner(sd, 0.0)[0]}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        decode = run([1, 2, 3, 4] * 8, 6)
+        assert 0 < decode < time.perf_counter() - start, name
 
 
 def test_target_and_draft_go_together():

@@ -2,10 +2,12 @@
 
 Every mode decodes the same token inputs (Spec-Bench by default, chat template applied once),
 interleaved A B C … A B C … over repeats, EOS ignored so each produces exactly `max_tokens`.
-Decode speed excludes prefill: tok/s = Σ(M − 1) / Σ(T(M) − T(1)), with T(1) measured once per
-mode and prompt. AR, SD and the transformers modes get every core in this process; SSD's target
-keeps all cores but the last, which its draft process gets; "SD on the target cores" runs SD
-on SSD's target cores alone (SSD's framing: one device more).
+Decode speed excludes prefill: tok/s = Σ(M − 1) / Σ(time from the first generated token to the
+last), each run timing its own first token (a streamer in transformers, the output stream
+here), so a long prompt's prefill, and its noise, stay out of the figure. AR, SD and the
+transformers modes get every core in this process; SSD's target keeps all cores but the last,
+which its draft process gets; "SD on the target cores" runs SD on SSD's target cores alone
+(SSD's framing: one device more).
 
 Next to each figure: its ceiling, the tok/s that the bandwidth of the mode's cores allows for
 the bytes it streams per token (docs/performance.md; bandwidth measured on one core and on all
@@ -18,6 +20,7 @@ measured ratio.
 
     ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
         [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]
+        [--draft-stop P]
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class Mode:
     """One way of generating: `run(prompt, n)` generates n tokens; metrics after each run."""
 
     name: str
-    run: Callable[[list[int], int], None]
+    run: Callable[[list[int], int], float]  # (prompt, M) -> seconds after the first token
     cores: set[int]
     metrics: Callable[[], dict[str, Any] | None] = lambda: None
 
@@ -110,6 +113,22 @@ def placed(cores: set[int]) -> Iterator[None]:
         torch.set_num_threads(old_threads)
 
 
+class _FirstToken:
+    """A transformers streamer that notes when the first generated token arrives (its first
+    `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts, self.at = 0, 0.0
+
+    def put(self, value: Any) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
 def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callable:
     from transformers import GenerationConfig
 
@@ -119,15 +138,17 @@ def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callabl
     pad = model.config.eos_token_id
     pad = pad[0] if isinstance(pad, list) else pad
 
-    def run(prompt: list[int], n: int) -> None:
+    def run(prompt: list[int], n: int) -> float:
         # A fresh config: the checkpoint's own generation_config (repetition penalty, top-k)
         # would change the law and make the comparison unfair.
         cfg = GenerationConfig(
             max_new_tokens=n, min_new_tokens=n, pad_token_id=pad, eos_token_id=pad, **sampling
         )
         extra = {"assistant_model": assistant} if assistant is not None else {}
+        first = _FirstToken()
         with torch.inference_mode():
-            model.generate(torch.tensor([prompt]), generation_config=cfg, **extra)
+            model.generate(torch.tensor([prompt]), generation_config=cfg, streamer=first, **extra)
+        return time.perf_counter() - first.at
 
     return run
 
@@ -135,9 +156,13 @@ def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callabl
 def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
     totals: dict[str, float] = {}
 
-    def run(prompt: list[int], n: int) -> None:
+    def run(prompt: list[int], n: int) -> float:
         params = SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True, seed=0)
-        llm.generate([prompt], params, use_tqdm=False)
+        first = None
+        for _ in llm.generate_stream([prompt], params):
+            first = first or time.perf_counter()
+        assert first is not None
+        decode = time.perf_counter() - first
         m = llm.metrics
         if m and m.get("rounds") and n > 1:
             r = m["rounds"]
@@ -145,6 +170,7 @@ def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
             for key in ("acceptance_rate", "mean_accepted_length", "cache_hit_rate"):
                 if m.get(key) is not None:
                     totals[key] = totals.get(key, 0.0) + m[key] * r
+        return decode
 
     def metrics() -> dict[str, Any] | None:
         if not totals:
@@ -189,7 +215,7 @@ def build_modes(
         run, metrics = _ssd_runner(LLM(target, **common), t)
         modes.append(Mode("ar", run, everything, metrics))
     if "sd" in wanted or "sd-target-cores" in wanted:
-        sd = LLM(target, mode="sd", **spec)
+        sd = LLM(target, mode="sd", draft_stop=args.draft_stop, **spec)
         run, metrics = _ssd_runner(sd, t)
         if "sd" in wanted:
             modes.append(Mode("sd", run, everything, metrics))
@@ -260,17 +286,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     b_draft = weight_bytes(load_at(draft, args.draft_dtype))
     modes, engines = build_modes(args, target, draft)
     m = args.max_tokens
-    total = len(modes) * len(prompts) * (args.repeats + 1)
+    total = len(modes) * len(prompts) * args.repeats
     bar = tqdm(total=total, desc="bench", unit="run", disable=not args.progress)
-    first: dict[tuple[str, int], float] = {}
-    for mode in modes:  # warm-up, then T(1) per prompt (prefill and first token)
+    for mode in modes:  # warm-up
         with placed(mode.cores):
             mode.run(prompts[0], 4)
-            for i, p in enumerate(prompts):
-                start = time.perf_counter()
-                mode.run(p, 1)
-                first[mode.name, i] = time.perf_counter() - start
-                bar.update()
     speeds: dict[str, list[float]] = {mode.name: [] for mode in modes}
     counts = sorted({1, cores} | {len(mode.cores) for mode in modes})
     bws: dict[int, list[float]] = {n: [] for n in counts}
@@ -280,10 +300,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         for mode in modes:
             decode = 0.0
             with placed(mode.cores):
-                for i, p in enumerate(prompts):
-                    start = time.perf_counter()
-                    mode.run(p, m)
-                    decode += time.perf_counter() - start - first[mode.name, i]
+                for p in prompts:  # decode: from the first generated token to the last
+                    decode += mode.run(p, m)
                     bar.update()
             speeds[mode.name].append((m - 1) * len(prompts) / decode)
     bar.close()
@@ -296,6 +314,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "draft_dtype": args.draft_dtype,
         "k": args.k,
+        "draft_stop": args.draft_stop,
         "temperature": args.temperature,
         "prompts": len(prompts),
         "prompt_tokens": [len(p) for p in prompts],
@@ -422,6 +441,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument(
+        "--draft-stop",
+        type=float,
+        default=None,
+        help="SD: end a round's drafting once the draft's probability of its token falls below",
+    )
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")
     ap.add_argument("--backup", default="neural", choices=saguaro.BACKUPS)
@@ -438,12 +463,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     bad = [m for m in args.modes.split(",") if m not in MODES]
+    stop = args.draft_stop
     if bad or args.num_prompts < 1 or args.max_tokens < 2 or args.repeats < 1 or args.k < 1:
         print(
             f"error: modes must be among {', '.join(MODES)} (got {bad}); --num-prompts, "
             "--repeats and --k must be >= 1 and --max-tokens >= 2",
             file=sys.stderr,
         )
+        return 2
+    if stop is not None and not 0 <= stop <= 1:
+        print(f"error: --draft-stop must be a probability in [0, 1], got {stop}", file=sys.stderr)
         return 2
     result = run_bench(args)
     print(table(result))

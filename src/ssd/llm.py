@@ -33,7 +33,11 @@ class LLM:
     """Exact generation from a Hugging Face checkpoint directory.
 
     `mode="ar"` (the default when no draft is given) decodes autoregressively; "sd" is ordinary
-    speculative decoding with `k` draft tokens per round; "ssd" (the default with a draft) is
+    speculative decoding with `k` draft tokens per round, or fewer with `draft_stop`: a round's
+    drafting ends once the draft gave its last token a probability below `draft_stop` (every
+    sequence of the batch), which saves the draft passes and verification rows a doubtful token
+    would likely waste; exact at any value, as the stop reads the draft's probabilities only;
+    "ssd" (the default with a draft) is
     Saguaro: a speculation cache over `fanout` (K+1 counts), or over the geometric allocation
     of `budget` branches (default 4(K+1)) for acceptance `accept_estimate` and power-law
     exponent `power`, each estimated online when not given; Saguaro sampling with constant
@@ -67,6 +71,7 @@ class LLM:
         draft: str | Path | None = None,
         mode: str | None = None,
         k: int = 4,
+        draft_stop: float | None = None,
         fanout: Sequence[int] | None = None,
         budget: int | None = None,
         saguaro_c: float = 1.0,
@@ -94,6 +99,11 @@ class LLM:
             raise ValueError(f"mode must be 'ar', 'sd' or 'ssd', got {mode!r}")
         if mode != "ar" and draft is None:
             raise ValueError(f"mode {mode!r} needs a draft checkpoint")
+        if draft_stop is not None and (mode != "sd" or not 0 <= draft_stop <= 1):
+            raise ValueError(
+                f"draft_stop is a probability in [0, 1] for mode 'sd', got {draft_stop!r} "
+                f"with mode {mode!r}"
+            )
         if not 0 < saguaro_c <= 1:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
         if backup not in saguaro.BACKUPS:  # here, not first in a draft process
@@ -155,6 +165,7 @@ class LLM:
                 page_size=page_size,
                 tensor_parallel=draft_tensor_parallel,
                 prefix_caching=prefix_caching,
+                stop_below=draft_stop,
             )
             kv_dtype = activation_dtype(draft_dtype)
             draft_bytes = kv_cache_bytes(draft_cfg, draft_kv_pages(dcfg)[0], page_size, kv_dtype)

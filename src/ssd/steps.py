@@ -106,22 +106,25 @@ def draft_step(
     params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    tokens0: Int[Tensor, "B 2"],
+    tokens0: Int[Tensor, "B T"],
     metas: Sequence[AttentionMeta],
     st: SamplingTensors,
     keys: Int[Tensor, "B 2"],
     fanout: Int[Tensor, "B K"] | None = None,
     c: Float[Tensor, " B"] | None = None,
-) -> tuple[KVCache, Int[Tensor, "B K"], Float[Tensor, "B K V"] | None]:
+) -> tuple[KVCache, Int[Tensor, "B K"], Float[Tensor, "B K V"] | None, Float[Tensor, "B K"]]:
     """Draft K = len(metas) tokens per sequence with their proposal rows q.
 
-    The first forward feeds `tokens0` [B, 2] = the token before the last committed one and the
+    The first forward feeds `tokens0`: [B, 2] = the token before the last committed one and the
     last committed one r (re-writing the former's KV makes the draft cache whole again whatever
-    the previous round accepted); each later forward feeds the token just drafted. `fanout`
-    [B, K] and `c` [B] turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V]); q is
-    None for an all-greedy batch, whose drafts are point masses on the draft's argmax.
+    the previous round accepted), or [B, 1] = the token just drafted when a round is drafted one
+    call per token; each later forward feeds the token just drafted. `fanout` [B, K] and `c` [B]
+    turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V], conf [B, K]); q is None
+    for an all-greedy batch, whose drafts are point masses on the draft's argmax; conf is the
+    probability the draft gave each drafted token (greedy: its softmax at the argmax), which an
+    early stop of the drafting reads.
     """
-    out, qs = [], []
+    out, qs, confs = [], [], []
     inp = tokens0
     draft_keys = rnd.fold_in(keys, DRAFT)
     last = torch.full_like(tokens0[:, :1], tokens0.shape[1] - 1)
@@ -129,13 +132,17 @@ def draft_step(
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta, last if d == 0 else None)
         if st.greedy:
             tok = logits[:, -1].argmax(-1)
+            conf = _rows(logits[:, -1].float().softmax(-1), tok)
         else:
             q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
             tok = draw(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1), False)
+            conf = _rows(q, tok)
             qs.append(q)
         out.append(tok)
+        confs.append(conf)
         inp = tok[:, None]
-    return kv, torch.stack(out, 1), torch.stack(qs, 1) if qs else None
+    q_rows = torch.stack(qs, 1) if qs else None
+    return kv, torch.stack(out, 1), q_rows, torch.stack(confs, 1)
 
 
 def verify_step(

@@ -86,6 +86,8 @@ CASES = {
     "sd": ({"mode": "sd"}, FLAT, None),
     "sd top-k/top-p": ({"mode": "sd"}, FILTERED, None),
     "sd bf16 draft": ({"mode": "sd", "draft_dtype": "bfloat16"}, FLAT, None),
+    # batches of 4: a round stops early only when all its rows doubt their token
+    "sd early stop": ({"mode": "sd", "draft_stop": 0.35, "max_batch": 4}, FILTERED, None),
     "sd int8 draft": ({"mode": "sd", "draft_dtype": "int8"}, FILTERED, None),
     "sd bf16 target int8 draft": (
         {"mode": "sd", "dtype": "bfloat16", "draft_dtype": "int8"},
@@ -137,7 +139,7 @@ def test_pipeline_law_equals_target_law(case, pair):
     target, draft = pair
     dtype = getattr(torch, options.get("dtype", "float32"))  # the target's own law, in its dtype
     want = exact_target_law(target, SamplingParams(**params), dtype)
-    with LLM(target, draft=draft, k=K, max_batch=256, **options) as llm:
+    with LLM(target, draft=draft, k=K, **{"max_batch": 256, **options}) as llm:
         if patch is not None:
             patch(llm.runner.drafter)
         testing.assert_follows(sampled(llm, params), want, ALPHA)

@@ -28,17 +28,20 @@ PAIRS = [
 ]
 OPTIONS = {
     "sd": {"mode": "sd", "k": 3},
+    "sd_stop": {"mode": "sd", "k": 3, "draft_stop": 0.1},  # stops after 1, 2 or 3 tokens
     "ssd_neural": {"mode": "ssd", "k": 3, "backup": "neural"},
     "ssd_fast_fanout": {"mode": "ssd", "k": 4, "backup": "fast", "fanout": [3, 2, 1, 1, 2]},
     "ssd_auto_saguaro": {"mode": "ssd", "k": 2, "backup": "auto", "saguaro_c": 0.5},
 }
-# Every option for the first two pairs; the qwen2 target (its own family, q/k/v biases without
-# an o bias) runs SD and the tree-decoding SSD only, to keep the suite fast.
+# Every option for the first two pairs (the early stop for the first only); the qwen2 target
+# (its own family, q/k/v biases without an o bias) runs SD and the tree-decoding SSD only, to
+# keep the suite fast.
 CASES = [
     pytest.param(target, draft, OPTIONS[opt], id=f"{target}-{draft}-{opt}")
     for target, draft in PAIRS
     for opt in OPTIONS
     if target != "qwen2" or opt in ("sd", "ssd_fast_fanout")
+    if opt != "sd_stop" or target == "llama"
 ]
 
 
@@ -69,6 +72,29 @@ def test_draft_equal_to_target_accepts_everything(mode, checkpoints):
     if mode == "ssd":  # every round after a sequence's first is a cache hit
         assert m["cache_hit_rate"] == (m["rounds"] - len(PROMPTS)) / m["rounds"]
         assert m["bonus_prediction_accuracy"] == m["cache_hit_rate"]
+
+
+@pytest.mark.parametrize("stop", [0.0, 1.0])
+def test_draft_stop_sets_how_many_tokens_a_round_drafts(stop, checkpoints):
+    """A draft equal to the target accepts all it drafts: K a round with stop 0 (never stops),
+    one with stop 1 (every probability is below it, the first token ends the round)."""
+    path = checkpoints["llama"]
+    llm = LLM(path, draft=path, mode="sd", k=3, max_batch=4, draft_stop=stop)
+    assert generate(llm, PROMPTS) == generate(LLM(path, max_batch=4), PROMPTS)
+    m = llm.metrics
+    assert m is not None and m["acceptance_rate"] == 1.0
+    at_least = m["per_position_acceptance"]  # P(accepted >= 1, 2, 3)
+    if stop == 1.0:
+        assert at_least[0] == 1.0 and at_least[1] == 0.0
+    else:  # only a round cut short by max_tokens emits fewer than K drafts
+        assert at_least[2] > 0.9
+
+
+def test_draft_stop_is_refused_outside_sd_or_outside_0_1(checkpoints):
+    path = checkpoints["llama"]
+    for bad in ({"mode": "ssd", "draft_stop": 0.5}, {"mode": "sd", "draft_stop": 1.5}):
+        with pytest.raises(ValueError, match="draft_stop"):
+            LLM(path, draft=path, **bad)
 
 
 @dataclasses.dataclass

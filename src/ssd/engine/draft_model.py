@@ -107,9 +107,20 @@ class DraftModel:
         del self.cached[req.id]
 
     def draft(
-        self, batch: Sequence[Request], saguaro_f: Tensor | None, c: Tensor | None
+        self,
+        batch: Sequence[Request],
+        saguaro_f: Tensor | None,
+        c: Tensor | None,
+        stop_below: float | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """K drafted tokens [b, K] and their q rows [b, K, V] (None: greedy point masses)."""
+        """Up to K drafted tokens [b, k] and their q rows [b, k, V] (None: greedy point masses).
+
+        With `stop_below`, the round is drafted one call per token and ends early once every
+        sequence's last drafted token had draft probability below it: a token the draft doubts
+        is likely rejected, so the passes after it and their verification rows would likely be
+        wasted. The stop reads only the draft's own probabilities, so verification stays exact.
+        Without it, k = K in one call.
+        """
         b, st, keys = batch_inputs(batch, self.device)
         pad = b - len(batch)
         tables, mp = self._tables(batch, b)
@@ -126,10 +137,23 @@ class DraftModel:
         seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
         tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
         m = self.model
-        self.kv, tokens, q = self._draft(
-            m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
-        )
-        return tokens, q
+        if stop_below is None:
+            self.kv, tokens, q, _ = self._draft(
+                m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
+            )
+            return tokens, q
+        toks, qs, inp = [], [], tokens0
+        for d in range(self.k):
+            f = None if saguaro_f is None else saguaro_f[:, d : d + 1]
+            self.kv, tok, q, conf = self._draft(
+                m.params, m.cfg, self.kv, inp, metas[d : d + 1], st, keys, f, c
+            )
+            toks.append(tok)
+            qs.append(q)
+            inp = tok
+            if bool((conf[:real, 0] < stop_below).all()):
+                break
+        return torch.cat(toks, 1), None if qs[0] is None else torch.cat(qs, 1)
 
     def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
         """Draft logits g [b, K+1, V] along the sent path [r, s_1..s_K] (writes its draft KV)."""

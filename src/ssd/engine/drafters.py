@@ -22,10 +22,11 @@ from ssd.jit import pow2
 
 
 class SDDrafter:
-    """Ordinary speculative decoding: draft K tokens from the committed prefix each round."""
+    """Ordinary speculative decoding: draft K tokens from the committed prefix each round, or
+    fewer with `stop_below` (`DraftModel.draft`)."""
 
-    def __init__(self, draft: DraftModel):
-        self.d, self.k = draft, draft.k
+    def __init__(self, draft: DraftModel, stop_below: float | None = None):
+        self.d, self.k, self.stop_below = draft, draft.k, stop_below
         self.vocab_size = draft.model.cfg.vocab_size
         self.busy_seconds = 0.0
 
@@ -56,7 +57,7 @@ class SDDrafter:
         return spec
 
     def answer(self, batch: Sequence[Request]) -> Speculation:
-        tokens, q = self.d.draft(batch, None, None)
+        tokens, q = self.d.draft(batch, None, None, self.stop_below)
         point = torch.full((tokens.shape[0],), q is None, dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
 
@@ -294,6 +295,7 @@ class DraftConfig:
     power: float | None = None  # r; None: estimated online
     tensor_parallel: int = 1  # processes the draft is split over (its own mesh)
     prefix_caching: bool = False  # share full prompt pages by content
+    stop_below: float | None = None  # SD: end a round's drafting early (`DraftModel.draft`)
 
 
 def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
@@ -322,7 +324,7 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     kv = alloc_kv_cache(model.cfg, pages, cfg.page_size, dtype=dtype, device=cfg.device)
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh, cfg.prefix_caching)
     if cfg.mode == "sd":
-        return SDDrafter(dm)
+        return SDDrafter(dm, cfg.stop_below)
     fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout
     if not cfg.fanout:
         fanout = saguaro.FanoutEstimator(

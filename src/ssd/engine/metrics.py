@@ -1,7 +1,8 @@
 """Metrics of speculative decoding, one definition used everywhere (docs/design.md §5).
 
-- acceptance rate = accepted draft tokens / drafted tokens, K drafted per round (tokens after
-  the first rejection count as drafted);
+- acceptance rate = accepted draft tokens / drafted tokens, K drafted per round unless SD's
+  early stop (`draft_stop`) ended a round sooner (tokens after the first rejection count as
+  drafted);
 - mean accepted length τ = committed tokens per round, including the bonus/recovery token,
   counting only tokens up to EOS / stop / the length limit;
 - per-position acceptance P(accepted ≥ i), i = 1..K.
@@ -25,14 +26,20 @@ class AcceptanceStats:
     # hist[j]: rounds with exactly j accepted, j = 0..K
     hist: list[int] = dataclasses.field(default_factory=list)
     committed: int = 0  # tokens the rounds committed (accepted + bonus/recovery, truncated)
+    drafted: int = 0  # tokens the rounds drafted (K each, fewer after an early stop)
 
     def __post_init__(self) -> None:
         if not self.hist:
             self.hist = [0] * (self.k + 1)
 
-    def add_round(self, accepted: int, committed: int) -> None:
+    def add_round(self, accepted: int, committed: int, drafted: int | None = None) -> None:
+        """One round: `accepted` of its `drafted` tokens (default K), `committed` kept."""
+        drafted = self.k if drafted is None else drafted
+        if not 0 <= accepted <= drafted <= self.k:
+            raise ValueError(f"a round accepts 0..drafted <= K={self.k}, got {accepted}/{drafted}")
         self.hist[accepted] += 1
         self.committed += committed
+        self.drafted += drafted
 
     def merge(self, other: AcceptanceStats) -> AcceptanceStats:
         if other.k != self.k:
@@ -41,15 +48,12 @@ class AcceptanceStats:
             self.k,
             [a + b for a, b in zip(self.hist, other.hist, strict=True)],
             self.committed + other.committed,
+            self.drafted + other.drafted,
         )
 
     @property
     def rounds(self) -> int:
         return sum(self.hist)
-
-    @property
-    def drafted(self) -> int:
-        return self.rounds * self.k
 
     @property
     def accepted(self) -> int:
@@ -113,9 +117,10 @@ class SpecMetrics:
     def __post_init__(self) -> None:
         self.acceptance = AcceptanceStats(self.k)
 
-    def record(self, accepted: int, committed: int, hit: bool | None) -> None:
-        """One sequence's verification round: `accepted` drafts, `committed` tokens kept."""
-        self.acceptance.add_round(accepted, committed)
+    def record(self, accepted: int, committed: int, hit: bool | None, drafted: int) -> None:
+        """One sequence's verification round: `accepted` of `drafted` drafts, `committed`
+        tokens kept."""
+        self.acceptance.add_round(accepted, committed, drafted)
         if hit is True:
             self.hit_rounds += 1
             self.hit_committed += committed

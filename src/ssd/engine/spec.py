@@ -93,10 +93,10 @@ class SpecRunner:
                     break
             # drafts after a stop were accepted but are not emitted: they do not count
             counted = min(accepted[i], kept)
-            self.metrics.record(counted, kept, spec.hit[i])
+            self.metrics.record(counted, kept, spec.hit[i], len(drafted[i]))
             assert req.acceptance is not None
-            req.acceptance.add_round(counted, kept)
-            if spec.hit[i] is not None and accepted[i] == self.k:
+            req.acceptance.add_round(counted, kept, len(drafted[i]))
+            if spec.hit[i] is not None and accepted[i] == len(drafted[i]):
                 self.metrics.bonus_rounds += 1
                 self.metrics.bonus_predicted += bool(spec.hit[i])
             events.append((req, kept))
@@ -125,7 +125,7 @@ class SpecRunner:
         t = self.target
         b, st, keys = batch_inputs(batch, t.device)
         pad = b - len(batch)
-        k, dev = self.k, t.device
+        k, dev = spec.tokens.shape[1], t.device  # K, or fewer after an early stop
         tables = [r.pages for r in batch] + [[]] * pad
         meta = step_meta(
             tables,
