@@ -142,6 +142,7 @@ def test_generate_rejects_bad_k_and_max_tokens(monkeypatch, capsys):
         ("--k", "33", "--k"),
         ("--k", "-2", "--k"),
         ("--max-tokens", "0", "max_tokens"),
+        ("--draft-stop", "1.5", "--draft-stop"),
     ]:
         assert main(_refused_before_loading(monkeypatch, ["generate", flag, value, "hi"])) == 1
         assert says in capsys.readouterr().err
@@ -155,6 +156,19 @@ def test_default_setup_is_sd_with_a_reason():
         "bfloat16",
         "int8",
     )
+    assert 0 < cpu["draft_stop"] < 1 and "draft_stop" not in default_setup("cuda")
     assert (cuda["mode"], cuda["dtype"], cuda["draft_dtype"]) == ("sd", "bfloat16", "bfloat16")
     assert "measured fastest" in cpu["reason"] and "own device" in cuda["reason"]
     assert default_setup("cuda:1") == cuda
+
+
+def test_the_default_early_stop_goes_to_sd_only(monkeypatch):
+    import torch
+
+    seen: list[dict] = []
+    monkeypatch.setattr("ssd.prepare.prepare_pair", lambda *a, **k: ("target", "draft"))
+    monkeypatch.setattr("ssd.cli._generate", lambda args, opts: seen.append(opts) or 0)
+    for argv in (["--mode", "sd"], ["--mode", "ssd"], ["--mode", "ar"], ["--draft-stop", "0"]):
+        assert main(["generate", *argv, "hi"]) == 0
+    stop = default_setup("cuda" if torch.cuda.is_available() else "cpu").get("draft_stop")
+    assert [opts.get("draft_stop") for opts in seen] == [stop, None, None, 0.0]

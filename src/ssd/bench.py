@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ssd import saguaro
-from ssd.config import SamplingParams
+from ssd.config import CPU_DRAFT_STOP, SamplingParams
 from ssd.kernels import linear
 from ssd.models.loading import Model
 
@@ -444,8 +444,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--draft-stop",
         type=float,
-        default=None,
-        help="SD: end a round's drafting once the draft's probability of its token falls below",
+        default=CPU_DRAFT_STOP,
+        help="SD: end a round's drafting once the draft gives its token a probability below "
+        f"this (default {CPU_DRAFT_STOP}, as `ssd generate` on CPU; 0: K tokens every round)",
     )
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")

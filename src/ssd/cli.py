@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         help="default: sd with the default pair; ar with --target alone",
     )
     gen.add_argument("--k", type=int, default=None, help="draft tokens per round (default: 4)")
+    gen.add_argument(
+        "--draft-stop",
+        type=float,
+        default=None,
+        metavar="P",
+        help="SD: end a round's drafting once the draft gives its token a probability below P "
+        "(0: always K; default with the default pair on CPU: 0.7)",
+    )
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--max-tokens", type=int, default=128)
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 def default_setup(device: str) -> dict:
     """How `ssd generate` runs the default pair on `device` ("cpu" or "cuda"): the speculative
     mode that is fastest there, as LLM options plus the `reason` for the choice."""
+    from ssd.config import CPU_DRAFT_STOP
+
     if str(device).startswith("cuda"):
         return {
             "mode": "sd",
@@ -139,9 +149,11 @@ def default_setup(device: str) -> dict:
         "k": 4,
         "dtype": "bfloat16",
         "draft_dtype": "int8",
-        "reason": "CPU: SD measured fastest of the speculative modes here (docs/performance.md: "
-        "1.5 x AR on code, about AR's speed on prose); SSD's draft would take cores and memory "
-        "bandwidth from the target (SSD pays when the draft has its own device)",
+        "draft_stop": CPU_DRAFT_STOP,
+        "reason": "CPU: SD with its early stop measured fastest of the speculative modes here "
+        "(docs/performance.md: 1.3 x AR over Spec-Bench's tasks, 1.5 x on code); SSD's draft "
+        "would take cores and memory bandwidth from the target (SSD pays when the draft has its "
+        "own device)",
     }
 
 
@@ -155,6 +167,8 @@ def _generate_problem(args: argparse.Namespace) -> str | None:
         return f"--k (draft tokens per round) must be between 1 and {MAX_K}, got {args.k}"
     if args.max_tokens < 1:
         return f"--max-tokens (max_tokens) must be >= 1, got {args.max_tokens}"
+    if args.draft_stop is not None and not 0 <= args.draft_stop <= 1:
+        return f"--draft-stop must be a probability in [0, 1], got {args.draft_stop}"
     for flag in ("tensor_parallel", "draft_tensor_parallel"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
@@ -169,6 +183,7 @@ def _resolve(args: argparse.Namespace) -> dict:
     """LLM options for `generate`: with --target, the command line's; else the default pair in
     its `default_setup`, which the command line overrides option by option."""
     chosen = {"mode": args.mode, "k": args.k, "dtype": args.dtype, "draft_dtype": args.draft_dtype}
+    chosen["draft_stop"] = args.draft_stop
     given = {key: value for key, value in chosen.items() if value is not None}
     if args.target:
         opts: dict = {"mode": "sd" if args.draft else "ar", "k": 4, "dtype": None}
@@ -186,6 +201,8 @@ def _resolve(args: argparse.Namespace) -> dict:
         opts["target"], opts["draft"] = prepare_pair(DEFAULT_PAIR)
     if opts["mode"] == "ar":
         opts["draft"] = opts["draft_dtype"] = None
+    if opts["mode"] != "sd" and "draft_stop" not in given:
+        opts.pop("draft_stop", None)  # SD's option: a default setup's stop does not carry over
     return opts
 
 
@@ -235,6 +252,8 @@ def _summary(mode: str, opts: dict, metrics: dict | None, tokens: int, seconds: 
         return f"[ar] {tokens} tokens, {speed} ({opts['reason']})"
     draft_dtype = opts.get("draft_dtype") or opts.get("dtype") or "the target's dtype"
     head = f"[{mode}] K={opts['k']}, draft {draft_dtype}"
+    if opts.get("draft_stop"):
+        head += f", early stop below {opts['draft_stop']}"
     if metrics and metrics["acceptance_rate"] is not None:
         head += f", acceptance {metrics['acceptance_rate']:.2f}"
         head += f", τ {metrics['mean_accepted_length']:.2f}"

@@ -10,6 +10,11 @@ from collections.abc import Sequence
 # nil, while each round's draft passes and KV room grow with K.
 MAX_K = 32
 
+# SD's early stop on CPU (`LLM(draft_stop=)`), as `ssd generate` and `ssd bench` set it: a draft
+# pass costs about a quarter of a verification there, and verifying a token the draft doubts
+# mostly buys a rejection (docs/performance.md, finding 20).
+CPU_DRAFT_STOP = 0.7
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
