@@ -34,13 +34,15 @@ def test_ceilings_follow_the_bytes_of_each_mode_and_its_cores():
     result = {"modes": {name: {} for name in placement}}
     for name in ("sd", "sd-target-cores", "ssd"):
         result["modes"][name]["metrics"] = {"mean_accepted_length": 3.0}
+    # SD on the target cores stopped its rounds early: 2 passes a round instead of K = 4
+    result["modes"]["sd-target-cores"]["metrics"]["drafted_per_round"] = 2.0
     gb_s = 1e-9  # bandwidths in GB/s: one core 300 B/s, both 600
     bench.ceilings(modes, result, b_target=300, b_draft=50, k=4, bw={1: 300 * gb_s, 2: 600 * gb_s})
     rows = result["modes"]
     assert rows["ar"]["ceiling_tok_s"] == pytest.approx(2.0)  # 600 B/s over 300 B a token
     assert rows["hf"]["ceiling_tok_s"] == rows["ar"]["ceiling_tok_s"]
     assert rows["sd"]["ceiling_tok_s"] == pytest.approx(3 * 600 / (4 * 50 + 300))
-    assert rows["sd-target-cores"]["ceiling_tok_s"] == pytest.approx(3 * 300 / (4 * 50 + 300))
+    assert rows["sd-target-cores"]["ceiling_tok_s"] == pytest.approx(3 * 300 / (2 * 50 + 300))
     # SSD: the target verifies 300 B on one core (1 s) while the draft streams 5 x 50 B on the
     # other (0.83 s), 550 B over the shared bus (0.92 s): the target's core sets the round
     assert rows["ssd"]["ceiling_tok_s"] == pytest.approx(3 / 1.0)

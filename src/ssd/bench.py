@@ -12,11 +12,11 @@ which its draft process gets; "SD on the target cores" runs SD on SSD's target c
 Next to each figure: its ceiling, the tok/s that the bandwidth of the mode's cores allows for
 the bytes it streams per token (docs/performance.md; bandwidth measured on one core and on all
 of them once per repeat, the median used, since the machine's drifts): AR streams every weight
-but the input embedding once per token; SD streams K draft passes and one verification per
-round of τ tokens; SSD's round is the slowest of its verification on the target's cores, its
-K+1 draft passes (glue and tree) on the last core, and both over the shared bus. The speed
-model's predicted ratio to AR (those byte counts with the measured τ) is printed beside the
-measured ratio.
+but the input embedding once per token; SD streams its draft passes (K, or the measured mean
+after early stops) and one verification per round of τ tokens; SSD's round is the slowest of
+its verification on the target's cores, its K+1 draft passes (glue and tree) on the last core,
+and both over the shared bus. The speed model's predicted ratio to AR (those byte counts with
+the measured τ) is printed beside the measured ratio.
 
     ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
         [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]
@@ -153,6 +153,10 @@ def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callabl
     return run
 
 
+# metrics averaged over a mode's rounds
+_AVERAGED = ("acceptance_rate", "mean_accepted_length", "drafted_per_round", "cache_hit_rate")
+
+
 def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
     totals: dict[str, float] = {}
 
@@ -167,7 +171,7 @@ def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
         if m and m.get("rounds") and n > 1:
             r = m["rounds"]
             totals["rounds"] = totals.get("rounds", 0) + r
-            for key in ("acceptance_rate", "mean_accepted_length", "cache_hit_rate"):
+            for key in _AVERAGED:
                 if m.get(key) is not None:
                     totals[key] = totals.get(key, 0.0) + m[key] * r
         return decode
@@ -253,7 +257,8 @@ def ceilings(
         if mode.name in ("hf", "ar"):
             seconds = b_target / cores
         elif mode.name.startswith("sd") and tau:
-            seconds = (k * b_draft + b_target) / cores / tau
+            passes = m.get("drafted_per_round") or k  # fewer than K after early stops
+            seconds = (passes * b_draft + b_target) / cores / tau
         elif mode.name == "ssd" and tau:
             draft = (k + 1) * b_draft
             apart = max(b_target / cores, draft / bps[1])

@@ -119,7 +119,7 @@ class DraftModel:
         sequence's last drafted token had draft probability below it: a token the draft doubts
         is likely rejected, so the passes after it and their verification rows would likely be
         wasted. The stop reads only the draft's own probabilities, so verification stays exact.
-        Without it, k = K in one call.
+        Without it (or at 0, which never stops), k = K in one call.
         """
         b, st, keys = batch_inputs(batch, self.device)
         pad = b - len(batch)
@@ -137,7 +137,7 @@ class DraftModel:
         seqs = [(r.prompt + r.out)[-2:] for r in batch] + [[0, 0]] * pad
         tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
         m = self.model
-        if stop_below is None:
+        if not stop_below:
             self.kv, tokens, q, _ = self._draft(
                 m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
             )

@@ -138,6 +138,7 @@ class SpecMetrics:
             "rounds": acc.rounds,
             "acceptance_rate": ratio(acc.accepted, acc.drafted),
             "mean_accepted_length": ratio(acc.committed, acc.rounds),
+            "drafted_per_round": ratio(acc.drafted, acc.rounds),
             "per_position_acceptance": acc.per_position() if acc.rounds else None,
             "cache_hit_rate": ratio(self.hit_rounds, cache_rounds),
             "mean_accepted_length_hit": ratio(self.hit_committed, self.hit_rounds),
