@@ -8,9 +8,9 @@
 // bf16 weights are widened 16 at a time by masking (even elements, then odd: no shuffles, see
 // tile16); x is permuted once per call to match. Every output element is one dot product
 // accumulated in the same order (FMA lanes over k, a fixed horizontal sum, then the scalar
-// tail) whatever M, the row's position
-// in the batch or the thread split: results are bitwise independent of batch shape, so a
-// token's logits in a K+1-token verification equal its logits in a 1-token decode.
+// tail) whatever M, the row's position in the batch or the thread split: results are bitwise
+// independent of batch shape, so a token's logits in a K+1-token verification equal its logits
+// in a 1-token decode.
 //
 // Weights: bf16 [N, K], or int8 [N, K] with one fp32 scale per output row (w = q * scale).
 // With int8 weights and K a multiple of 32, x is quantized too, per row in blocks of 32 with
@@ -126,7 +126,8 @@ inline void tile16(const float* xp, const c10::BFloat16* w, float* out, int64_t 
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row(r, 0)));
         wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       } else {
-        wv[r] = _mm256_and_ps(high, _mm256_loadu_ps(reinterpret_cast<const float*>(row(r, k) - 1)));
+        const float* before = reinterpret_cast<const float*>(row(r, k) - 1);
+        wv[r] = _mm256_and_ps(high, _mm256_loadu_ps(before));
       }
     }
     fma_all(wv, xp + k);
