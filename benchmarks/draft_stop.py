@@ -14,10 +14,10 @@ k + 1 rows (--costs, ms): the prediction the measured sweep checks.
 from __future__ import annotations
 
 import argparse
-import time
 
 import ssd.engine.draft_model as draft_model
 from ssd import LLM, SamplingParams, specbench
+from ssd.bench import decode_seconds
 from ssd.prepare import DEFAULT_PAIR, prepare_pair
 from ssd.steps import draft_step
 
@@ -25,14 +25,6 @@ from ssd.steps import draft_step
 def engine(target: str, draft: str, k: int, stop: float | None) -> LLM:
     return LLM(target, draft=draft, mode="sd", k=k, dtype="bfloat16", draft_dtype="int8",
                max_batch=1, max_model_len=2048, draft_stop=stop)  # fmt: skip
-
-
-def decode_seconds(llm: LLM, prompt: list[int], params: SamplingParams) -> float:
-    first = None
-    for _ in llm.generate_stream([prompt], params):
-        first = first or time.perf_counter()
-    assert first is not None
-    return time.perf_counter() - first
 
 
 def sweep(args: argparse.Namespace, target: str, draft: str) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ssd import saguaro
-from ssd.config import CPU_DRAFT_STOP, SamplingParams
+from ssd.config import CPU_DRAFT_STOP, SamplingParams, draft_stop_problem
 from ssd.kernels import linear
 from ssd.models.loading import Model
 
@@ -157,16 +157,21 @@ def _hf_runner(model: Any, temperature: float, assistant: Any = None) -> Callabl
 _AVERAGED = ("acceptance_rate", "mean_accepted_length", "drafted_per_round", "cache_hit_rate")
 
 
+def decode_seconds(llm: Any, prompt: list[int], params: SamplingParams) -> float:
+    """Generate with this engine; seconds from the first generated token to the last."""
+    first = None
+    for _ in llm.generate_stream([prompt], params):
+        first = first or time.perf_counter()
+    assert first is not None
+    return time.perf_counter() - first
+
+
 def _ssd_runner(llm: Any, temperature: float) -> tuple[Callable, Callable]:
     totals: dict[str, float] = {}
 
     def run(prompt: list[int], n: int) -> float:
         params = SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True, seed=0)
-        first = None
-        for _ in llm.generate_stream([prompt], params):
-            first = first or time.perf_counter()
-        assert first is not None
-        decode = time.perf_counter() - first
+        decode = decode_seconds(llm, prompt, params)
         m = llm.metrics
         if m and m.get("rounds") and n > 1:
             r = m["rounds"]
@@ -469,7 +474,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     bad = [m for m in args.modes.split(",") if m not in MODES]
-    stop = args.draft_stop
     if bad or args.num_prompts < 1 or args.max_tokens < 2 or args.repeats < 1 or args.k < 1:
         print(
             f"error: modes must be among {', '.join(MODES)} (got {bad}); --num-prompts, "
@@ -477,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if stop is not None and not 0 <= stop <= 1:
-        print(f"error: --draft-stop must be a probability in [0, 1], got {stop}", file=sys.stderr)
+    if problem := draft_stop_problem(args.draft_stop):
+        print(f"error: --draft-stop: {problem}", file=sys.stderr)
         return 2
     result = run_bench(args)
     print(table(result))

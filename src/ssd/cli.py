@@ -159,7 +159,7 @@ def default_setup(device: str) -> dict:
 
 def _generate_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the `generate` arguments, checked before anything is loaded."""
-    from ssd.config import MAX_K
+    from ssd.config import MAX_K, draft_stop_problem
 
     if not args.prompts:
         return "a prompt is needed: ssd generate [options] PROMPT [PROMPT ...]"
@@ -167,8 +167,8 @@ def _generate_problem(args: argparse.Namespace) -> str | None:
         return f"--k (draft tokens per round) must be between 1 and {MAX_K}, got {args.k}"
     if args.max_tokens < 1:
         return f"--max-tokens (max_tokens) must be >= 1, got {args.max_tokens}"
-    if args.draft_stop is not None and not 0 <= args.draft_stop <= 1:
-        return f"--draft-stop must be a probability in [0, 1], got {args.draft_stop}"
+    if problem := draft_stop_problem(args.draft_stop):
+        return f"--draft-stop: {problem}"
     for flag in ("tensor_parallel", "draft_tensor_parallel"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"

@@ -16,6 +16,13 @@ MAX_K = 32
 CPU_DRAFT_STOP = 0.7
 
 
+def draft_stop_problem(stop: float | None) -> str | None:
+    """What is wrong with an early-stop value, if anything (checked before anything loads)."""
+    if stop is not None and not 0 <= stop <= 1:
+        return f"draft stop must be a probability in [0, 1], got {stop!r}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """How to turn a model's logits into tokens for one request.

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ssd import saguaro
-from ssd.config import MAX_K, SamplingParams, is_int
+from ssd.config import MAX_K, SamplingParams, draft_stop_problem, is_int
 from ssd.engine.ar import ARRunner
 from ssd.engine.drafters import DraftConfig, draft_kv_pages, make_drafter
 from ssd.engine.remote import RemoteDrafter
@@ -99,11 +99,10 @@ class LLM:
             raise ValueError(f"mode must be 'ar', 'sd' or 'ssd', got {mode!r}")
         if mode != "ar" and draft is None:
             raise ValueError(f"mode {mode!r} needs a draft checkpoint")
-        if draft_stop is not None and (mode != "sd" or not 0 <= draft_stop <= 1):
-            raise ValueError(
-                f"draft_stop is a probability in [0, 1] for mode 'sd', got {draft_stop!r} "
-                f"with mode {mode!r}"
-            )
+        if problem := draft_stop_problem(draft_stop):
+            raise ValueError(f"draft_stop: {problem}")
+        if draft_stop is not None and mode != "sd":
+            raise ValueError(f"draft_stop is an option of mode 'sd', not {mode!r}")
         if not 0 < saguaro_c <= 1:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
         if backup not in saguaro.BACKUPS:  # here, not first in a draft process
