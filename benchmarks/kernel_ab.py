@@ -7,7 +7,7 @@ minutes apart. Each source is built as its own extension (ops renamed), with the
 
     git show HEAD~1:src/ssd/kernels/cpu_linear.cpp > /tmp/old.cpp
     python benchmarks/kernel_ab.py /tmp/old.cpp src/ssd/kernels/cpu_linear.cpp \
-        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2]
+        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.cpp_extension import load
+
+from ssd.models.quantize import quantize_rows
 
 KERNELS = Path(__file__).resolve().parents[1] / "src" / "ssd" / "kernels"
 
@@ -53,22 +55,27 @@ def main() -> None:
     ap.add_argument("--matrices", type=int, default=40, help="40: 1.1 GB, past the caches")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--int8", action="store_true", help="int8 weights with a scale per row")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fns = [build(args.a, "a", Path(tmp)), build(args.b, "b", Path(tmp))]
     torch.set_num_threads(args.threads)
     n, k = map(int, args.shape.split(","))
     ws = [torch.randn(n, k).bfloat16() for _ in range(args.matrices)]
-    gb = 2 * n * k * len(ws) / 1e9
-    print(f"[{n}, {k}] x {len(ws)} bf16, {args.threads} threads; GB/s median [min-max]")
+    scales: list[torch.Tensor | None] = [None] * len(ws)
+    if args.int8:
+        ws, scales = (list(t) for t in zip(*map(quantize_rows, ws), strict=True))
+    gb = ws[0].element_size() * n * k * len(ws) / 1e9
+    kind = "int8" if args.int8 else "bf16"
+    print(f"[{n}, {k}] x {len(ws)} {kind}, {args.threads} threads; GB/s median [min-max]")
     for m in map(int, args.rows.split(",")):
         x = torch.randn(m, k).bfloat16()
         rates: list[list[float]] = [[], []]
         for _ in range(args.repeats):
             for fn, r in zip(fns, rates, strict=True):
                 start = time.perf_counter()
-                for w in ws:
-                    fn(x, w, None, None)
+                for w, scale in zip(ws, scales, strict=True):
+                    fn(x, w, scale, None)
                 r.append(gb / (time.perf_counter() - start))
         a, b = (statistics.median(r) for r in rates)
         print(

@@ -32,22 +32,22 @@ def test_bf16_matches_fp32_reference(m, n, k):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def _q8(x: torch.Tensor) -> torch.Tensor:
-    """x quantized per row in blocks of 32 and dequantized, as the kernel does (amax / 127)."""
+def _q7(x: torch.Tensor) -> torch.Tensor:
+    """x quantized per row in blocks of 32 to 7 bits and dequantized, as the kernel does."""
     blocks = x.unflatten(-1, (-1, 32))
     amax = blocks.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    return (torch.round(blocks * inv) * (amax / 127.0)).flatten(-2)
+    inv = torch.where(amax > 0, 63.0 / amax, torch.zeros_like(amax))
+    return (torch.round(blocks * inv) * (amax / 63.0)).flatten(-2)
 
 
 @pytest.mark.parametrize("m", [1, 4, 9])
-@pytest.mark.parametrize("k", [96, 100])  # K % 32 == 0: activations in int8 blocks; else fp32
+@pytest.mark.parametrize("k", [96, 100])  # K % 32 == 0: activations in 7-bit blocks; else fp32
 @pytest.mark.parametrize("n", [50, 301])  # N % 4 tails; 301: several tasks' blocks
 def test_int8_matches_dequantized_reference(m, k, n):
     w = _weights(n, k, seed=3)
     q, scale = quantize_rows(w)
     x = torch.randn(2, m, k, generator=torch.Generator().manual_seed(m))  # leading dims kept
-    xr = _q8(x) if k % 32 == 0 else x
+    xr = _q7(x) if k % 32 == 0 else x
     ref = F.linear(xr, q.float() * scale[:, None])
     out = linear(x, q, None, scale)
     assert out.shape == (2, m, n)
