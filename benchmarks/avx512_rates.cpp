@@ -2,8 +2,8 @@
 // the data in registers (24 independent accumulators, so latency is hidden): ns per instruction.
 // Decides between vdpbf16ps (32 bf16 pairs) and widening + vfmadd231ps (16 fp32 pairs).
 //
-//   g++ -O2 -mavx512f -mavx512bw -mavx512bf16 -mavx512vnni benchmarks/simd_rates.cpp \
-//       -o /tmp/simd_rates && /tmp/simd_rates
+//   g++ -O2 -mavx512f -mavx512bw -mavx512bf16 -mavx512vnni benchmarks/avx512_rates.cpp \
+//       -o /tmp/avx512_rates && /tmp/avx512_rates
 #include <immintrin.h>
 
 #include <chrono>
