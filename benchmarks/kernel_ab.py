@@ -7,7 +7,7 @@ minutes apart. Each source is built as its own extension (ops renamed), with the
 
     git show HEAD~1:src/ssd/kernels/cpu_linear.cpp > /tmp/old.cpp
     python benchmarks/kernel_ab.py /tmp/old.cpp src/ssd/kernels/cpu_linear.cpp \
-        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8]
+        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8] [--a-no-amx]
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load
 
+from ssd.kernels import build_flags
 from ssd.models.quantize import quantize_rows
 
 KERNELS = Path(__file__).resolve().parents[1] / "src" / "ssd" / "kernels"
 
 
-def build(source: Path, tag: str, root: Path) -> object:
+def build(source: Path, tag: str, root: Path, flags: list[str]) -> object:
     """`source` as extension `ab_<tag>`, with its op namespace and symbols renamed."""
     d = root / tag
     d.mkdir()
@@ -41,7 +42,7 @@ def build(source: Path, tag: str, root: Path) -> object:
     for header in ("kernels.h", "simd.h"):
         (d / header).write_text(renamed((KERNELS / header).read_text()))
     load(name=f"ab_{tag}", sources=[str(d / "linear.cpp")], build_directory=str(d),
-         extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
+         extra_cflags=flags, extra_ldflags=["-fopenmp"],
          is_python_module=False)  # fmt: skip
     return getattr(torch.ops, f"ssd_ab_{tag}").linear
 
@@ -56,9 +57,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--int8", action="store_true", help="int8 weights with a scale per row")
+    ap.add_argument("--a-no-amx", action="store_true", help="build A without AMX (A may be B)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fns = [build(args.a, "a", Path(tmp)), build(args.b, "b", Path(tmp))]
+        flags = build_flags()
+        no_amx = [f for f in flags if not f.startswith("-mamx")]
+        fns = [
+            build(args.a, "a", Path(tmp), no_amx if args.a_no_amx else flags),
+            build(args.b, "b", Path(tmp), flags),
+        ]
     torch.set_num_threads(args.threads)
     n, k = map(int, args.shape.split(","))
     ws = [torch.randn(n, k).bfloat16() for _ in range(args.matrices)]

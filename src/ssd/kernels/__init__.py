@@ -40,7 +40,7 @@ def cpu_kernels_available() -> bool:
         return False
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", *_avx512_flags()]
+    flags = build_flags()
     # torch rebuilds when a source changes but not when a header does: key the folder on both,
     # and on the flags (a cache directory may be shared by machines of different kinds)
     sources = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
@@ -81,15 +81,25 @@ def _register_fake() -> None:
         return torch.empty_like(q)
 
 
+def build_flags() -> list[str]:
+    """The compiler flags of the extension on this CPU (`benchmarks/kernel_ab.py` uses them too)."""
+    return ["-O3", "-mavx2", "-mfma", "-fopenmp", *_avx512_flags()]
+
+
 def _avx512_flags() -> list[str]:
-    """Compiler flags for the AVX-512 BF16 and VNNI paths, where this CPU has both."""
+    """Compiler flags for the AVX-512 BF16 and VNNI paths, where this CPU has both, and for AMX
+    tile products where it has those too."""
     cpu = torch.cpu
     bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
     vnni = getattr(cpu, "_is_vnni_supported", lambda: False)()
     wanted = os.environ.get("SSD_CPU_AVX512", "1") != "0"  # benchmarks compare both builds
     if not wanted or torch.backends.cpu.get_cpu_capability() != "AVX512" or not (bf16 and vnni):
         return []
-    return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+    flags = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+    amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    if amx and os.environ.get("SSD_CPU_AMX", "1") != "0":  # benchmarks and tests compare both
+        flags += ["-mamx-tile", "-mamx-bf16", "-mamx-int8"]
+    return flags
 
 
 _native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant
