@@ -3,11 +3,11 @@
 This machine's speed drifts by tens of percent within minutes, so a kernel change is judged by
 alternating both builds over the same weights (A B A B …, medians and ranges), not by runs
 minutes apart. Each source is built as its own extension (ops renamed), with the flags
-`ssd.kernels` uses on AVX2.
+`ssd.kernels` uses on this CPU (`build_flags`: AVX-512 where it has the instructions).
 
     git show HEAD~1:src/ssd/kernels/cpu_linear.cpp > /tmp/old.cpp
     python benchmarks/kernel_ab.py /tmp/old.cpp src/ssd/kernels/cpu_linear.cpp \
-        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8] [--a-no-amx]
+        [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ssd.models.quantize import quantize_rows
 KERNELS = Path(__file__).resolve().parents[1] / "src" / "ssd" / "kernels"
 
 
-def build(source: Path, tag: str, root: Path, flags: list[str]) -> object:
+def build(source: Path, tag: str, root: Path) -> object:
     """`source` as extension `ab_<tag>`, with its op namespace and symbols renamed."""
     d = root / tag
     d.mkdir()
@@ -42,7 +42,7 @@ def build(source: Path, tag: str, root: Path, flags: list[str]) -> object:
     for header in ("kernels.h", "simd.h"):
         (d / header).write_text(renamed((KERNELS / header).read_text()))
     load(name=f"ab_{tag}", sources=[str(d / "linear.cpp")], build_directory=str(d),
-         extra_cflags=flags, extra_ldflags=["-fopenmp"],
+         extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
          is_python_module=False)  # fmt: skip
     return getattr(torch.ops, f"ssd_ab_{tag}").linear
 
@@ -57,15 +57,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--int8", action="store_true", help="int8 weights with a scale per row")
-    ap.add_argument("--a-no-amx", action="store_true", help="build A without AMX (A may be B)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        flags = build_flags()
-        no_amx = [f for f in flags if not f.startswith("-mamx")]
-        fns = [
-            build(args.a, "a", Path(tmp), no_amx if args.a_no_amx else flags),
-            build(args.b, "b", Path(tmp), flags),
-        ]
+        fns = [build(args.a, "a", Path(tmp)), build(args.b, "b", Path(tmp))]
     torch.set_num_threads(args.threads)
     n, k = map(int, args.shape.split(","))
     ws = [torch.randn(n, k).bfloat16() for _ in range(args.matrices)]

@@ -31,10 +31,6 @@
 #include "simd.h"
 
 #include <algorithm>
-#if SSD_AMX
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -276,221 +272,6 @@ inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N,
   }
 }
 
-#if SSD_AMX
-// AMX (Xeons since Sapphire Rapids): one instruction multiplies a tile of 16 rows by 32 bf16
-// against a tile of 32 bf16 by up to 16 columns, in fp32 (an FMA per pair, in k order). The
-// weights are the row tile as they lie in memory (16 rows of 64 bytes, a row's K apart), x the
-// column tile, packed per call as pairs of k by column (`pack_pairs`), so the output tile is
-// [16 weight rows, up to 16 x rows]. At five x rows one core streamed [8928, 1536] bf16 at
-// 12.3-12.8 GB/s against 9.9 for tile32; one tile product costs the same at 1 row or 16, so the
-// arithmetic no longer grows with the rows of a verification or a tree step.
-//
-// fp32 x goes in as up to three bf16 parts (hi = bf16(x), then what remains, twice): 24 bits of
-// mantissa, x itself, each part's product exact in fp32. bf16 x (the models' activations) has
-// zero second and third parts, and a chunk of rows whose parts are all zero skips them: adding
-// exact zeros changes no bit, so a row's result still does not depend on its batch.
-struct TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Linux hands a process the AMX tile registers only once asked (arch_prctl XCOMP_PERM, XTILEDATA).
-bool amx_granted() {
-  static const bool granted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return granted;
-}
-
-constexpr int64_t kChunk = 16;  // x rows per column tile
-
-// Tile 0: the output, 16 weight rows by mc x rows in fp32; tile 1: x, 16 pairs of k by mc
-// columns; tile 2: 16 weight rows of 64 bytes. The configuration is per thread.
-void configure(int64_t mc) {
-  TileConfig c;
-  c.rows[0] = c.rows[1] = c.rows[2] = 16;
-  c.colsb[0] = c.colsb[1] = static_cast<uint16_t>(mc * 4);
-  c.colsb[2] = 64;
-  _tile_loadconfig(&c);
-}
-
-// x [M, K] as column tiles: per chunk of up to 16 rows, per part, per 32 k, [16 pairs][mc][2]
-// (a chunk's blocks at `part * M * K32 + m0 * K32`), and per chunk how many parts are not all
-// zero.
-struct Pairs {
-  std::vector<c10::BFloat16> data;
-  std::vector<int> parts;
-};
-
-Pairs pack_pairs(const float* x, int64_t M, int64_t K) {
-  const int64_t K32 = K / 32 * 32;
-  Pairs p{std::vector<c10::BFloat16>(3 * M * K32), {}};
-  for (int64_t m0 = 0; m0 < M; m0 += kChunk) {
-    const int64_t mc = std::min(kChunk, M - m0);
-    int used = 1;
-    for (int64_t m = 0; m < mc; ++m)
-      for (int64_t k = 0; k < K32; ++k) {
-        float rest = x[(m0 + m) * K + k];
-        const int64_t at = m0 * K32 + (k / 32) * 32 * mc + (k % 32 / 2) * mc * 2 + m * 2 + k % 2;
-        for (int part = 0; part < 3; ++part) {
-          const c10::BFloat16 b(rest);
-          p.data[part * M * K32 + at] = b;
-          rest -= static_cast<float>(b);
-          if (static_cast<float>(b) != 0.f) used = std::max(used, part + 1);
-        }
-      }
-    p.parts.push_back(used);
-  }
-  return p;
-}
-
-// Weight rows [n, n + 16) against x rows [m0, m0 + mc), tiles configured for mc; the K % 32
-// columns left over in fp32 after.
-void tile_amx(const float* x, const Pairs& xb, const c10::BFloat16* w, float* out, int64_t K,
-              int64_t N, int64_t M, int64_t m0, int64_t mc, int64_t n) {
-  const int64_t K32 = K / 32 * 32;
-  const int parts = xb.parts[m0 / kChunk];
-  _tile_zero(0);
-  for (int64_t k = 0; k < K32; k += 32) {
-    _tile_loadd(2, w + n * K + k, K * 2);
-    for (int part = 0; part < parts; ++part) {
-      _tile_loadd(1, xb.data.data() + part * M * K32 + m0 * K32 + k * mc, mc * 4);
-      _tile_dpbf16ps(0, 2, 1);
-    }
-  }
-  alignas(64) float c[16 * kChunk];
-  _tile_stored(0, c, mc * 4);
-  for (int r = 0; r < 16; ++r)
-    for (int64_t m = 0; m < mc; ++m) {
-      float s = c[r * mc + m];
-      for (int64_t t = K32; t < K; ++t) s += x[(m0 + m) * K + t] * to_float(w[(n + r) * K + t]);
-      out[(m0 + m) * N + n + r] = s;
-    }
-}
-
-// Blocks of 16 weight rows in parallel (four or more per task), every chunk of x rows against a
-// block while its bytes are in cache; the N % 16 rows left over one at a time, in fp32.
-void matmul_amx(const float* x, int64_t M, int64_t K, int64_t N, const c10::BFloat16* w,
-                float* out) {
-  const Pairs xb = pack_pairs(x, M, K);
-  at::parallel_for(0, N / 16, 4, [&](int64_t b0, int64_t b1) {
-    int64_t configured = 0;
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m0 = 0; m0 < M; m0 += kChunk) {
-        const int64_t mc = std::min(kChunk, M - m0);
-        if (mc != configured) configure(configured = mc);
-        tile_amx(x, xb, w, out, K, N, M, m0, mc, b * 16);
-      }
-  });
-  for (int64_t n = N / 16 * 16; n < N; ++n) single(x, w, out, K, N, M, n);
-}
-
-// int8 weights: the blocked product of tile_q8 by tiles. Per block of 32 k, 16 weight rows of 32
-// bytes against x's 7-bit values as 8 quads of k by mc columns, exact in int32 (signed by
-// signed: no offsets), then scaled by each x row's block scale and summed in fp32, block after
-// block; two output tiles take alternate blocks, so one block's int32 products are read back
-// while the next block's product runs. Tiles 0 and 3: int32 products, 16 by mc; 1 and 4: x, 8
-// quads by mc; 2 and 5: 16 weight rows of 32 bytes.
-void configure_q8(int64_t mc) {
-  TileConfig c;
-  for (int t : {0, 3}) c.rows[t] = 16, c.colsb[t] = static_cast<uint16_t>(mc * 4);
-  for (int t : {1, 4}) c.rows[t] = 8, c.colsb[t] = static_cast<uint16_t>(mc * 4);
-  for (int t : {2, 5}) c.rows[t] = 16, c.colsb[t] = 32;
-  _tile_loadconfig(&c);
-}
-
-// 7-bit x [M, K] (`quantize_q7`) as column tiles: per chunk of up to 16 rows and per block of
-// 32, [8 quads][mc][4] (a chunk's blocks at m0 * K), and the block's scales in 16 lanes (zero
-// past mc).
-struct Quads {
-  std::vector<int8_t> q;
-  std::vector<float> scales;
-};
-
-Quads pack_quads(const int8_t* xq, const float* xs, int64_t M, int64_t K) {
-  const int64_t KB = K / 32, chunks = (M + kChunk - 1) / kChunk;
-  Quads p{std::vector<int8_t>(M * K), std::vector<float>(chunks * KB * 16, 0.f)};
-  for (int64_t m0 = 0; m0 < M; m0 += kChunk) {
-    const int64_t mc = std::min(kChunk, M - m0);
-    for (int64_t m = 0; m < mc; ++m)
-      for (int64_t k = 0; k < K; ++k)
-        p.q[m0 * K + (k / 32) * 32 * mc + (k % 32 / 4) * mc * 4 + m * 4 + k % 4] =
-            xq[(m0 + m) * K + k];
-    for (int64_t kb = 0; kb < KB; ++kb)
-      for (int64_t m = 0; m < mc; ++m)
-        p.scales[((m0 / kChunk) * KB + kb) * 16 + m] = xs[(m0 + m) * KB + kb];
-  }
-  return p;
-}
-
-// Weight rows [n, n + 16) against x rows [m0, m0 + mc) (K % 32 == 0; tiles configured for mc).
-void tile_amx_q8(const Quads& xb, const int8_t* w, float* out, int64_t K, int64_t N, int64_t m0,
-                 int64_t mc, int64_t n) {
-  const int64_t KB = K / 32;
-  const int8_t* xq = xb.q.data() + m0 * K;
-  const float* sx = xb.scales.data() + (m0 / kChunk) * KB * 16;
-  const __mmask16 lanes = static_cast<__mmask16>((1u << mc) - 1);
-  __m512 acc[16];
-  for (auto& a : acc) a = _mm512_setzero_ps();
-  // int32 products of blocks kb, kb + 1 go to buffer (kb / 2) % 2 and are read back one pair of
-  // blocks later: a load right after a tile store waits for it to reach the cache
-  alignas(64) int32_t c[2][2][16 * 16];
-  const auto add = [&](int64_t kb) {
-    const __m512 scale = _mm512_loadu_ps(sx + kb * 16);
-    const int32_t* ck = c[(kb / 2) % 2][kb % 2];
-    for (int r = 0; r < 16; ++r)
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(lanes, ck + r * 16)),
-                               scale, acc[r]);
-  };
-  // the block of 16 rows after the next one: its lines into L2, evenly over this block's steps
-  const char* next = reinterpret_cast<const char*>(w + (n + 32) * K);
-  const int64_t lines = 16 * K / 64;
-  for (int64_t kb = 0; kb < KB; kb += 2) {
-    for (int64_t l = kb * lines / KB; l < std::min(kb + 2, KB) * lines / KB; ++l)
-      _mm_prefetch(next + l * 64, _MM_HINT_T2);
-    _tile_zero(0);
-    _tile_loadd(2, w + n * K + kb * 32, K);
-    _tile_loadd(1, xq + kb * 32 * mc, mc * 4);
-    _tile_dpbssd(0, 2, 1);
-    _tile_stored(0, c[(kb / 2) % 2][0], 64);
-    if (kb + 1 < KB) {
-      _tile_zero(3);
-      _tile_loadd(5, w + n * K + kb * 32 + 32, K);
-      _tile_loadd(4, xq + (kb + 1) * 32 * mc, mc * 4);
-      _tile_dpbssd(3, 5, 4);
-      _tile_stored(3, c[(kb / 2) % 2][1], 64);
-    }
-    if (kb >= 2) add(kb - 2), add(kb - 1);
-  }
-  const int64_t last = (KB - 1) / 2 * 2;  // the last pair's first block
-  if (KB > 0) {
-    add(last);
-    if (last + 1 < KB) add(last + 1);
-  }
-  alignas(64) float row[16];
-  for (int r = 0; r < 16; ++r) {
-    _mm512_store_ps(row, acc[r]);
-    for (int64_t m = 0; m < mc; ++m) out[(m0 + m) * N + n + r] = row[m];
-  }
-}
-
-// As matmul_amx, for int8 weights against x quantized by quantize_q7 (its xc is tile_q8's,
-// for the N % 16 rows left over).
-void matmul_amx_q8(const int8_t* xq, const float* xs, const float* xc, int64_t M, int64_t K,
-                   int64_t N, const int8_t* w, float* out) {
-  const Quads xb = pack_quads(xq, xs, M, K);
-  at::parallel_for(0, N / 16, 4, [&](int64_t b0, int64_t b1) {
-    int64_t configured = 0;
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m0 = 0; m0 < M; m0 += kChunk) {
-        const int64_t mc = std::min(kChunk, M - m0);
-        if (mc != configured) configure_q8(configured = mc);
-        tile_amx_q8(xb, w, out, K, N, m0, mc, b * 16);
-      }
-  });
-  for (int64_t n = N / 16 * 16; n < N; ++n) single_q8(xq, xs, xc, w, out, K, N, M, n);
-}
-#endif
-
 // One block of R weight rows (n + r S for r < R) against x rows [m0, m0 + mt), mt <= 6: calls
 // tile(MT, RR, m0, n', S) with MT and RR as compile-time constants (RR weight rows per call: with
 // 16 vector registers, 4 for one or two x rows, whose accumulators then still hide the FMA
@@ -620,12 +401,6 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
   if (w.scalar_type() == at::kBFloat16) {
     TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
-#if SSD_AMX
-    if (amx_granted()) {
-      matmul_amx(xf, M, K, N, wp, o);
-      return add_bias(o, M, N, bias);
-    }
-#endif
 #if SSD_AVX512
     const std::vector<float> xp = permute32(xf, M, K);
     matmul<true>(
@@ -655,11 +430,6 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
     std::vector<int8_t> xq;
     std::vector<float> xs, xc;
     quantize_q7(xf, M, K, xq, xs, xc);
-#if SSD_AMX
-    if (amx_granted()) {
-      matmul_amx_q8(xq.data(), xs.data(), xc.data(), M, K, N, wp, o);
-    } else
-#endif
 #if SSD_AVX512
     if (K % 64 == 0) {
       const int64_t KB = K / 64;

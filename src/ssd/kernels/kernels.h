@@ -10,12 +10,6 @@
 #else
 #define SSD_AVX512 0
 #endif
-// AMX tile products (bf16), where the build targets them too.
-#if SSD_AVX512 && defined(__AMX_TILE__) && defined(__AMX_BF16__)
-#define SSD_AMX 1
-#else
-#define SSD_AMX 0
-#endif
 
 namespace ssd_kernels {
 
