@@ -162,7 +162,7 @@ def test_default_setup_is_sd_with_a_reason():
     assert default_setup("cuda:1") == cuda
 
 
-def test_the_default_early_stop_goes_to_sd_only(monkeypatch):
+def test_the_default_early_stop_goes_to_sd_and_ssd_not_ar(monkeypatch):
     import torch
 
     seen: list[dict] = []
@@ -171,4 +171,4 @@ def test_the_default_early_stop_goes_to_sd_only(monkeypatch):
     for argv in (["--mode", "sd"], ["--mode", "ssd"], ["--mode", "ar"], ["--draft-stop", "0"]):
         assert main(["generate", *argv, "hi"]) == 0
     stop = default_setup("cuda" if torch.cuda.is_available() else "cpu").get("draft_stop")
-    assert [opts.get("draft_stop") for opts in seen] == [stop, None, None, 0.0]
+    assert [opts.get("draft_stop") for opts in seen] == [stop, stop, None, 0.0]

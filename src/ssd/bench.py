@@ -232,7 +232,16 @@ def build_modes(
             run2, metrics2 = _ssd_runner(sd, t)
             modes.append(Mode("sd-target-cores", run2, target_cores, metrics2))
     if "ssd" in wanted:
-        ssd = LLM(target, mode="ssd", backup=args.backup, budget=budget, draft_process=True, **spec)
+        stop = None if args.backup == "fast" else args.draft_stop  # the neural backup's
+        ssd = LLM(
+            target,
+            mode="ssd",
+            backup=args.backup,
+            budget=budget,
+            draft_stop=stop,
+            draft_process=True,
+            **spec,
+        )
         run, metrics = _ssd_runner(ssd, t)
         modes.append(Mode("ssd", run, target_cores, metrics))
         return modes, [ssd]
@@ -455,8 +464,9 @@ def parser() -> argparse.ArgumentParser:
         "--draft-stop",
         type=float,
         default=CPU_DRAFT_STOP,
-        help="SD: end a round's drafting once the draft gives its token a probability below "
-        f"this (default {CPU_DRAFT_STOP}, as `ssd generate` on CPU; 0: K tokens every round)",
+        help="SD, and SSD's neural backup: end a round's drafting once the draft gives its token "
+        f"a probability below this (default {CPU_DRAFT_STOP}, as `ssd generate` on CPU; 0: K "
+        "tokens every round)",
     )
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="P",
-        help="SD: end a round's drafting once the draft gives its token a probability below P "
-        "(0: always K; default with the default pair on CPU: 0.7)",
+        help="SD, and SSD's neural backup: end a round's drafting once the draft gives its "
+        "token a probability below P (0: always K; default with the default pair on CPU: 0.7)",
     )
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -201,8 +201,8 @@ def _resolve(args: argparse.Namespace) -> dict:
         opts["target"], opts["draft"] = prepare_pair(DEFAULT_PAIR)
     if opts["mode"] == "ar":
         opts["draft"] = opts["draft_dtype"] = None
-    if opts["mode"] != "sd" and "draft_stop" not in given:
-        opts.pop("draft_stop", None)  # SD's option: a default setup's stop does not carry over
+    if opts["mode"] == "ar":
+        opts.pop("draft_stop", None)
     return opts
 
 

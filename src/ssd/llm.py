@@ -37,12 +37,12 @@ class LLM:
     drafting ends once the draft gave its last token a probability below `draft_stop` (every
     sequence of the batch), which saves the draft passes and verification rows a doubtful token
     would likely waste; exact at any value, as the stop reads the draft's probabilities only;
-    "ssd" (the default with a draft) is
-    Saguaro: a speculation cache over `fanout` (K+1 counts), or over the geometric allocation
-    of `budget` branches (default 4(K+1)) for acceptance `accept_estimate` and power-law
-    exponent `power`, each estimated online when not given; Saguaro sampling with constant
-    `saguaro_c` (1 disables it) and a `backup` on cache misses ("neural", "fast" n-gram, or
-    "auto"). `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
+    "ssd" (the default with a draft) is Saguaro: a speculation cache over `fanout` (K+1 counts),
+    or over the geometric allocation of `budget` branches (default 4(K+1)) for acceptance
+    `accept_estimate` and power-law exponent `power`, each estimated online when not given;
+    Saguaro sampling with constant `saguaro_c` (1 disables it) and a `backup` on cache misses
+    ("neural", "fast" n-gram, or "auto"), whose neural drafting stops early with `draft_stop` as
+    SD's does. `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
     draft precision is exact (the draft only proposes): a bf16 draft next to an fp32 target, or
     `draft_dtype="int8"` (int8 weights, bf16 activations: half the bytes of a bf16 draft). With
     `draft_process` the draft runs in its own process (on `draft_device`, or its own CPU core),
@@ -51,17 +51,17 @@ class LLM:
     not answer a round within `draft_timeout_s` is stopped, and its requests finish in SD with
     the draft in this process (`metrics["draft_failures"]` counts it). Call `close()` (or use
     `with LLM(...)`) to stop the draft process. `jit` is "eager", "compile" (torch.compile per
-    shape bucket) or "cudagraph" (CUDA only); the default is
-    "cudagraph" on CUDA and "eager" on CPU, where compilation costs more than it saves on short
-    runs. All modes give the same tokens. The KV cache holds `num_pages` pages of `page_size`
-    slots, enough by default for `max_batch` sequences of `max_model_len` tokens; requests take
-    pages as they grow, and when they run out the last admitted are preempted and recomputed
-    later. `max_num_batched_tokens` caps the prompt tokens one prefill step admits; with
-    `prefix_caching` full prompt pages are shared by content between requests (target and draft)
-    (`ssd.engine.prefix_cache`). `tensor_parallel=N` splits the target over N processes
-    (`ssd.engine.tensor_parallel`: spawned here on CPU, or the ranks of a `torchrun` launch);
-    `draft_tensor_parallel=M` splits the draft over M processes of its own (spawned by the
-    process that runs the draft: this one, or the draft process), on CPU.
+    shape bucket) or "cudagraph" (CUDA only); the default is "cudagraph" on CUDA and "eager" on
+    CPU, where compilation costs more than it saves on short runs. All modes give the same
+    tokens. The KV cache holds `num_pages` pages of `page_size` slots, enough by default for
+    `max_batch` sequences of `max_model_len` tokens; requests take pages as they grow, and when
+    they run out the last admitted are preempted and recomputed later. `max_num_batched_tokens`
+    caps the prompt tokens one prefill step admits; with `prefix_caching` full prompt pages are
+    shared by content between requests (target and draft) (`ssd.engine.prefix_cache`).
+    `tensor_parallel=N` splits the target over N processes (`ssd.engine.tensor_parallel`:
+    spawned here on CPU, or the ranks of a `torchrun` launch); `draft_tensor_parallel=M` splits
+    the draft over M processes of its own (spawned by the process that runs the draft: this one,
+    or the draft process), on CPU.
     """
 
     def __init__(
@@ -101,8 +101,9 @@ class LLM:
             raise ValueError(f"mode {mode!r} needs a draft checkpoint")
         if problem := draft_stop_problem(draft_stop):
             raise ValueError(f"draft_stop: {problem}")
-        if draft_stop is not None and mode != "sd":
-            raise ValueError(f"draft_stop is an option of mode 'sd', not {mode!r}")
+        if draft_stop is not None and (mode == "ar" or (mode == "ssd" and backup == "fast")):
+            what = "mode 'ar'" if mode == "ar" else "SSD's fast (n-gram) backup"
+            raise ValueError(f"draft_stop stops a draft's passes early: {what} has none")
         if not 0 < saguaro_c <= 1:
             raise ValueError(f"saguaro_c must be in (0, 1], got {saguaro_c}")
         if backup not in saguaro.BACKUPS:  # here, not first in a draft process

@@ -67,3 +67,15 @@ def test_backup_policy_prefers_fast_backups_at_large_batch():
     policy = saguaro.BackupPolicy(p_hit=0.6, e_hit=3.0, e_neural=3.0, e_fast=1.0, t_neural=0.8)
     assert policy.choose(1) == "neural"
     assert policy.choose(64) == "fast"
+
+
+@given(st.lists(st.integers(0, 6), min_size=3, max_size=9), st.data())
+def test_fold_keeps_the_budget_over_the_outcomes_an_early_stop_allows(fanout, data):
+    from ssd.engine.drafters import _fold
+
+    drafted = data.draw(st.integers(1, len(fanout) - 2))  # fewer than K = len - 1
+    folded = _fold(fanout, drafted)
+    assert len(folded) == drafted + 1 and sum(folded) == sum(fanout)
+    assert folded[: drafted - 1] == fanout[: drafted - 1]
+    assert folded[-1] == min(1, sum(fanout[drafted:]))  # one bonus candidate, if any to spare
+    assert folded[-2] >= fanout[drafted - 1]

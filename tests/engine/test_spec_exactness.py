@@ -116,6 +116,12 @@ CASES = {
         None,
     ),
     "ssd always miss": ({"mode": "ssd", "backup": "neural"}, FILTERED, always_miss),
+    # misses drafted with SD's early stop, the next caches built on the shorter speculations
+    "ssd neural early stop C=0.5": (
+        {"mode": "ssd", "backup": "neural", "draft_stop": 0.35, "saguaro_c": 0.5},
+        FILTERED,
+        None,
+    ),
     "ssd auto backup C=0.5": ({"mode": "ssd", "backup": "auto", "saguaro_c": 0.5}, FILTERED, None),
     "ssd adversarial fast C=0.5": (
         {"mode": "ssd", "backup": "fast", "saguaro_c": 0.5, "fanout": [3, 1, 2]},

@@ -30,10 +30,11 @@ OPTIONS = {
     "sd": {"mode": "sd", "k": 3},
     "sd_stop": {"mode": "sd", "k": 3, "draft_stop": 0.1},  # stops after 1, 2 or 3 tokens
     "ssd_neural": {"mode": "ssd", "k": 3, "backup": "neural"},
+    "ssd_stop": {"mode": "ssd", "k": 3, "backup": "neural", "draft_stop": 0.3},  # short misses
     "ssd_fast_fanout": {"mode": "ssd", "k": 4, "backup": "fast", "fanout": [3, 2, 1, 1, 2]},
     "ssd_auto_saguaro": {"mode": "ssd", "k": 2, "backup": "auto", "saguaro_c": 0.5},
 }
-# Every option for the first two pairs (the early stop for the first only); the qwen2 target
+# Every option for the first two pairs (the early stops for the first only); the qwen2 target
 # (its own family, q/k/v biases without an o bias) runs SD and the tree-decoding SSD only, to
 # keep the suite fast.
 CASES = [
@@ -41,7 +42,7 @@ CASES = [
     for target, draft in PAIRS
     for opt in OPTIONS
     if target != "qwen2" or opt in ("sd", "ssd_fast_fanout")
-    if opt != "sd_stop" or target == "llama"
+    if opt not in ("sd_stop", "ssd_stop") or target == "llama"
 ]
 
 
@@ -90,9 +91,32 @@ def test_draft_stop_sets_how_many_tokens_a_round_drafts(stop, checkpoints):
         assert at_least[2] > 0.9
 
 
-def test_draft_stop_is_refused_outside_sd_or_outside_0_1(checkpoints):
+def test_ssd_cache_built_after_an_early_stop_holds_the_next_outcome(checkpoints):
+    """Stop 1: a round that missed everywhere drafts one token. With the draft equal to the
+    target it is accepted, and the cache built on that one-token speculation keeps a candidate
+    for the bonus after it (the draft's top token), so every round after a sequence's first
+    hits and drafts K tokens from the cache."""
     path = checkpoints["llama"]
-    for bad in ({"mode": "ssd", "draft_stop": 0.5}, {"mode": "sd", "draft_stop": 1.5}):
+    llm = LLM(path, draft=path, mode="ssd", k=3, max_batch=4, backup="neural", draft_stop=1.0)
+    params = dataclasses.replace(GREEDY, max_tokens=2 + 4 * 15)  # no round cut short
+    out = llm.generate(PROMPTS, params, use_tqdm=False)
+    ar = LLM(path, max_batch=4).generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in out] == [o.token_ids for o in ar]
+    m = llm.metrics
+    assert m is not None and m["acceptance_rate"] == 1.0
+    assert m["cache_hit_rate"] == (m["rounds"] - len(PROMPTS)) / m["rounds"]
+    # each sequence's first round drafted one token, every later round K from the cache
+    drafted = len(PROMPTS) + 3 * (m["rounds"] - len(PROMPTS))
+    assert m["drafted_per_round"] * m["rounds"] == pytest.approx(drafted)
+
+
+def test_draft_stop_is_refused_without_draft_passes_or_outside_0_1(checkpoints):
+    path = checkpoints["llama"]
+    for bad in (
+        {"mode": "ar", "draft_stop": 0.5},
+        {"mode": "ssd", "backup": "fast", "draft_stop": 0.5},
+        {"mode": "sd", "draft_stop": 1.5},
+    ):
         with pytest.raises(ValueError, match="draft_stop"):
             LLM(path, draft=path, **bad)
 

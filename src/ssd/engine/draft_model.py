@@ -156,17 +156,18 @@ class DraftModel:
         return torch.cat(toks, 1), None if qs[0] is None else torch.cat(qs, 1)
 
     def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
-        """Draft logits g [b, K+1, V] along the sent path [r, s_1..s_K] (writes its draft KV)."""
-        b = path.shape[0]
+        """Draft logits g [b, k+1, V] along the sent path [r, s_1..s_k], k <= K (writes its
+        draft KV)."""
+        b, k1 = path.shape
         tables, mp = self._tables(batch, b)
-        lens = [self.k + 1] * len(batch) + [0] * (b - len(batch))
+        lens = [k1] * len(batch) + [0] * (b - len(batch))
         starts = [r.length - 1 for r in batch] + [0] * (b - len(batch))
         meta = step_meta(
             tables,
             starts,
             lens,
             self.kv.page_size,
-            q_len=self.k + 1,
+            q_len=k1,
             max_pages=mp,
             device=self.device,
         )

@@ -94,6 +94,9 @@ class SSDDrafter(SDDrafter):
 
     `backup` is "neural" (draft just in time), "fast" (n-gram guess, a point mass) or "auto"
     (per round, by the batch speed model of docs/design.md §2 with the measured statistics).
+    With `stop_below`, a neural backup for a batch that missed everywhere stops early as SD's
+    drafting does, and the cache built on its shorter speculation folds the fan-out of the
+    depths it did not draft into its last one.
     """
 
     def __init__(
@@ -102,8 +105,9 @@ class SSDDrafter(SDDrafter):
         fanout: Sequence[int] | saguaro.FanoutEstimator,
         saguaro_c: float,
         backup: str,
+        stop_below: float | None = None,
     ):
-        super().__init__(draft)
+        super().__init__(draft, stop_below)
         # Each request plans its own fan-out from its own statistics, so its tokens never
         # depend on what else shares its batch.
         self.template = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
@@ -179,8 +183,9 @@ class SSDDrafter(SDDrafter):
             tokens, q = self._from_cache(batch, branch)
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
-            if kind == "neural":
-                tokens, q = self.d.draft(batch, f, c)
+            if kind == "neural":  # a batch with hits needs K tokens on every row
+                stop = None if any(hit) else self.stop_below
+                tokens, q = self.d.draft(batch, f, c, stop)
                 rd.seconds["neural"] = time.perf_counter() - start
             else:  # n-gram guesses: point masses, which need no q rows
                 guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch]
@@ -261,10 +266,14 @@ class SSDDrafter(SDDrafter):
         path = torch.cat([r[:, None], tokens], 1)
         g = self.d.glue(batch, path)
         fanouts = self._fanouts(batch, b)
+        drafted = tokens.shape[1]  # K, or fewer after an early stop
         primary = [True] * b
         for i, h in enumerate(hit):  # after a fast backup, budget at depth 0
             primary[i] = h or kind == "neural"
         lists = [f if p else self.fast_fanout for f, p in zip(fanouts, primary, strict=True)]
+        if drafted < self.k:  # outcomes 0..drafted only (see _fold): no lesson for the estimator
+            lists = [_fold(f, drafted) for f in lists]
+            primary = [False] * b
         fan = saguaro.fanout_rows(lists).to(self.d.device)
         fmax = max(max(x) for x in lists)
         cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
@@ -272,6 +281,16 @@ class SSDDrafter(SDDrafter):
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
         rows = {x.id: i for i, x in enumerate(batch)}
         self.cache = _Cache(rows, primary, fanouts, cands, branch_tokens, branch_q)
+
+
+def _fold(fanout: Sequence[int], drafted: int) -> list[int]:
+    """A fan-out over K+1 depths for a speculation of `drafted` < K tokens (an early stop): the
+    rounds it can end in are 0..drafted accepted. The stop came at a token the draft doubted, so
+    a rejection there is the likeliest outcome: the share of the depths not drafted goes to it,
+    but for one candidate kept for the bonus after accepting everything."""
+    spare = sum(fanout[drafted:])
+    last = min(spare, 1)
+    return [*fanout[: drafted - 1], fanout[drafted - 1] + spare - last, last]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +314,7 @@ class DraftConfig:
     power: float | None = None  # r; None: estimated online
     tensor_parallel: int = 1  # processes the draft is split over (its own mesh)
     prefix_caching: bool = False  # share full prompt pages by content
-    stop_below: float | None = None  # SD: end a round's drafting early (`DraftModel.draft`)
+    stop_below: float | None = None  # end a round's drafting early (`DraftModel.draft`)
 
 
 def draft_kv_pages(cfg: DraftConfig) -> tuple[int, int]:
@@ -335,4 +354,4 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
             learn_accept=cfg.accept is None,
             learn_power=cfg.power is None,
         )
-    return SSDDrafter(dm, fanout, cfg.saguaro_c, cfg.backup)
+    return SSDDrafter(dm, fanout, cfg.saguaro_c, cfg.backup, cfg.stop_below)
