@@ -95,8 +95,8 @@ class SSDDrafter(SDDrafter):
     `backup` is "neural" (draft just in time), "fast" (n-gram guess, a point mass) or "auto"
     (per round, by the batch speed model of docs/design.md §2 with the measured statistics).
     With `stop_below`, a neural backup for a batch that missed everywhere stops early as SD's
-    drafting does, and the cache built on its shorter speculation folds the fan-out of the
-    depths it did not draft into its last one.
+    drafting does, and the cache built on its shorter speculation gives the fan-out of the
+    depths it did not draft to the doubted token's (`_fold`).
     """
 
     def __init__(
