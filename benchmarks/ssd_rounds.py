@@ -68,11 +68,12 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(run_one(args.one, args)))
         return
+    shared = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()]
+    shared = [a for a in shared if a.split("=")[0] not in ("--settings", "--repeats", "--one")]
     rows: dict[tuple[int, int], list[dict]] = {}
     for _ in range(args.repeats):
         for s, setting in enumerate(args.settings):
-            argv = [a for a in sys.argv[1:] if a not in args.settings and a != "--settings"]
-            child = [sys.executable, __file__, *argv, "--one", setting]
+            child = [sys.executable, __file__, *shared, "--one", setting]
             out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
             for p, row in enumerate(json.loads(out.strip().splitlines()[-1])):
                 rows.setdefault((p, s), []).append(row)

@@ -199,9 +199,8 @@ def _resolve(args: argparse.Namespace) -> dict:
             opts["reason"] += f"; set on the command line: {', '.join(given)}"
         opts |= given
         opts["target"], opts["draft"] = prepare_pair(DEFAULT_PAIR)
-    if opts["mode"] == "ar":
+    if opts["mode"] == "ar":  # no draft: nothing to stop early either
         opts["draft"] = opts["draft_dtype"] = None
-    if opts["mode"] == "ar":
         opts.pop("draft_stop", None)
     return opts
 
