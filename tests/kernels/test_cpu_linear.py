@@ -84,3 +84,27 @@ def test_bf16_activations_round_like_aten():
     out = linear(x, w)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), F.linear(x.float(), w.float()), rtol=8e-3, atol=8e-3)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("m", [1, 5])
+def test_matrices_of_one_call_equal_each_alone_bitwise(int8, m):
+    # One parallel region shares every matrix out by the largest's blocks (N % 4 tails, a
+    # matrix smaller than a task's share, and one large enough to split across threads).
+    k = 128
+    ws = [_weights(n, k, seed=n) for n in (1030, 7, 258, 64)]
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
+    biases = [torch.randn(w.shape[0]) if i % 2 else None for i, w in enumerate(ws)]
+    if int8:
+        ws, scales = zip(*(quantize_rows(w) for w in ws), strict=True)
+    else:
+        ws, scales = [w.bfloat16() for w in ws], [None] * len(ws)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = torch.ops.ssd_cpu.linear(x, list(ws), list(scales), biases)
+        alone = [linear(x, w, b, s) for w, b, s in zip(ws, biases, scales, strict=True)]
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(together, alone, strict=True):
+        assert torch.equal(a, b)

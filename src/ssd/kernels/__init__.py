@@ -6,12 +6,13 @@ fp32, several times faster than ATen's bf16 GEMM at the row counts of decoding (
 batch-invariant (a row's result does not depend on the other rows). Where the CPU has AVX-512
 BF16 and VNNI the extension is built with them and the tiles run at 512 bits. `cpu_attention.cpp`
 is the paged attention `ssd.attention` uses on such CPUs: it reads K/V pages in place instead of
-gathering them. `cpu_layer.cpp` runs a whole decoder layer in one call for bf16 activations
-(`ssd.models.decoder` uses it where `fused_layers` holds), sparing the forty small ops between
-projections their dispatch from Python. `cpu_random.cpp` computes `ssd.random.bits` (Threefry
-words) in one call instead of a hundred tensor ops. The extension is compiled once per machine
-into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++ compiler). Where it cannot be built or
-used, everything falls back to ATen with a warning, and int8 weights are widened on the fly.
+gathering them. `cpu_layer.cpp` runs every decoder layer of a forward in one call for bf16
+activations (`ssd.models.decoder` uses it where `fused_layers` holds), sparing the forty small ops
+of each layer and the layer itself their dispatch from Python. `cpu_random.cpp` computes
+`ssd.random.bits` (Threefry words) in one call instead of a hundred tensor ops. The extension
+is compiled once per machine into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++
+compiler). Where it cannot be built or used, everything falls back to ATen with a warning, and
+int8 weights are widened on the fly.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def cpu_kernels_available() -> bool:
 
 def _register_fake() -> None:
     @torch.library.register_fake("ssd_cpu::linear")
-    def _(x: Tensor, w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
-        return x.new_empty((*x.shape[:-1], w.shape[0]))
+    def _(x: Tensor, w: list[Tensor], scale: list, bias: list) -> list[Tensor]:
+        return [x.new_empty((*x.shape[:-1], wp.shape[0])) for wp in w]
 
-    @torch.library.register_fake("ssd_cpu::decoder_layer")
+    @torch.library.register_fake("ssd_cpu::decoder_layers")
     def _(x: Tensor, *args: object) -> Tensor:
         return torch.empty_like(x)
 
@@ -120,7 +121,7 @@ FUSED_LAYERS = os.environ.get("SSD_FUSED_LAYERS", "1") != "0"  # tests compare b
 
 
 def fused_layers(x: Tensor, weights: list[Tensor]) -> bool:
-    """Whether `ssd_cpu::decoder_layer` serves a layer with activations x and these matrices."""
+    """Whether `ssd_cpu::decoder_layers` serves layers with activations x and these matrices."""
     return (
         FUSED_LAYERS
         and native_on(x)
@@ -132,7 +133,7 @@ def fused_layers(x: Tensor, weights: list[Tensor]) -> bool:
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """x @ w.T + bias, for w [N, K] in x's dtype, bf16, or int8 with per-row `scale` [N]."""
     if native_on(x) and w.dtype in (torch.bfloat16, torch.int8):
-        return torch.ops.ssd_cpu.linear(x, w, scale, bias)
+        return torch.ops.ssd_cpu.linear(x, [w], [scale], [bias])[0]
     if scale is not None:  # int8 elsewhere: widen, then scale the rows
         return F.linear(x, w.to(x.dtype)) * scale.to(x.dtype) + (0 if bias is None else bias)
     return F.linear(x, w, bias)

@@ -299,30 +299,48 @@ inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n, int64_t S
   }
 }
 
-// out = x w^T: blocks of R weight rows in parallel, at least 16 blocks (64 rows) per task; within
-// a block the x rows go six at a time, so the block's weights come from memory once and from
-// cache after. The N % R rows left over go through `single`.
+// out_p = x w_p^T for the matrices p that share x: blocks of R weight rows in parallel, at least
+// 16 blocks (64 rows) per task; within a block the x rows go six at a time, so the block's weights
+// come from memory once and from cache after. The N_p % R rows left over go through `single`.
 //
-// A task's rows [R b0, R b1) are cut into R runs of S = b1 - b0 rows, and block j takes row j
-// of each run: each of a tile's R weight streams then runs on through its run's memory (row
-// n + 1 starts where row n ends) instead of stopping after one row, and the hardware
+// One parallel region serves every matrix: a task takes the same share of each matrix's blocks
+// (its range of the largest matrix's blocks, scaled), so no thread waits at the end of one matrix
+// for the other before the next starts. Two threads streamed Qwen2.5-1.5B's gate and up matrices
+// (2 x [8960, 1536] bf16 per layer) at 24-25 GB/s one call each and at 28 in one call; q, k and v
+// at 18-20 and 22-24.
+//
+// A task's rows [R b0, R b1) of a matrix are cut into R runs of S = b1 - b0 rows, and block j
+// takes row j of each run: each of a tile's R weight streams then runs on through its run's
+// memory (row n + 1 starts where row n ends) instead of stopping after one row, and the hardware
 // prefetchers, which need a few lines to pick up a stream, follow R long streams. Two Zen 3
 // cores streamed [8960, 1536] bf16 (rows of 3 KB) at 19 GB/s with adjacent rows per block
 // and [1536, 8960] (17.5 KB) at 29: short streams were the difference. On a Xeon with
 // AVX-512, against adjacent rows and `prefetch_ahead` alone, one thread went from 13.2 to 14.6
 // GB/s at M = 1 and 11.3 to 13.3 at M = 5 (bf16 [8960, 1536]), int8 [4864, 896] from 8.3 to
 // 10.2 at M = 5.
+//
+// `tile(p, MT, RR, m0, n, S)` and `single(p, n)` compute matrix p's outputs. The partition
+// changes no output element: each is one dot product in a fixed order (batch invariance).
 template <bool Wide = false, typename Tile, typename Single>
-void matmul(int64_t M, int64_t N, const Tile& tile, const Single& single) {
-  const int64_t blocks = N / R;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    const int64_t S = b1 - b0;
-    for (int64_t j = 0; j < b1 - b0; ++j) {
-      const int64_t n = b0 * R + j;
-      for (int64_t m = 0; m < M; m += 6) block<Wide>(tile, std::min<int64_t>(6, M - m), m, n, S);
+void matmul(int64_t M, const std::vector<int64_t>& Ns, const Tile& tile, const Single& single) {
+  const int64_t P = static_cast<int64_t>(Ns.size());
+  int64_t most = 0;
+  for (const int64_t N : Ns) most = std::max(most, N / R);
+  at::parallel_for(0, most, 16, [&](int64_t u0, int64_t u1) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t blocks = Ns[p] / R;
+      const int64_t b0 = u0 * blocks / most, b1 = u1 * blocks / most, S = b1 - b0;
+      const auto part = [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t s) {
+        tile(p, MT, RR, m0, n, s);
+      };
+      for (int64_t j = 0; j < S; ++j) {
+        const int64_t n = b0 * R + j;
+        for (int64_t m = 0; m < M; m += 6) block<Wide>(part, std::min<int64_t>(6, M - m), m, n, S);
+      }
     }
   });
-  for (int64_t n = blocks * R; n < N; ++n) single(n);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t n = Ns[p] / R * R; n < Ns[p]; ++n) single(p, n);
 }
 
 // x [M, K] -> 7-bit blocks of 32 (`q` in [-63, 63]), their scales (amax / 63; an all-zero
@@ -398,40 +416,55 @@ std::vector<float> permute32(const float* x, int64_t M, int64_t K) {
 
 namespace ssd_kernels {
 
-void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
-                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* o) {
-  TORCH_CHECK(w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "ssd cpu linear: w must be a contiguous [N, K]");
-  const int64_t N = w.size(0), K = w.size(1);
-  if (w.scalar_type() == at::kBFloat16) {
-    TORCH_CHECK(!scale.has_value(), "ssd cpu linear: bf16 weights take no scale");
-    const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
+void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts) {
+  TORCH_CHECK(!parts.empty(), "ssd cpu linear: no weights");
+  const at::Tensor& w0 = parts[0].w;
+  const int64_t K = w0.size(1);
+  const auto dtype = w0.scalar_type();
+  const int64_t P = static_cast<int64_t>(parts.size());
+  std::vector<int64_t> Ns;
+  std::vector<float*> os;
+  for (const Projection& part : parts) {
+    const at::Tensor& w = part.w;
+    TORCH_CHECK(w.device().is_cpu(), "ssd cpu linear: CPU tensors only");
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "ssd cpu linear: w must be a contiguous [N, K]");
+    TORCH_CHECK(w.size(1) == K && w.scalar_type() == dtype,
+                "ssd cpu linear: the weights of one call share K and dtype");
+    TORCH_CHECK(dtype == at::kBFloat16 ? !part.scale.has_value()
+                                       : dtype == at::kChar && part.scale.has_value(),
+                "ssd cpu linear: weights must be bf16, or int8 with a scale per row");
+    Ns.push_back(w.size(0));
+    os.push_back(part.out);
+  }
+  if (dtype == at::kBFloat16) {
+    std::vector<const c10::BFloat16*> wps;
+    for (const Projection& part : parts) wps.push_back(part.w.data_ptr<c10::BFloat16>());
 #if SSD_AVX512
     const std::vector<float> xp = permute32(xf, M, K);
     matmul<true>(
-        M, N,
-        [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-          tile32<decltype(MT)::value, decltype(RR)::value>(xp.data(), wp, o, K, N, m0, n, S);
+        M, Ns,
+        [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+          tile32<decltype(MT)::value, decltype(RR)::value>(xp.data(), wps[p], os[p], K, Ns[p], m0,
+                                                           n, S);
         },
-        [&](int64_t n) {
-          for (int64_t m = 0; m < M; ++m) tile32<1, 1>(xp.data(), wp, o, K, N, m, n, 1);
+        [&](int64_t p, int64_t n) {
+          for (int64_t m = 0; m < M; ++m) tile32<1, 1>(xp.data(), wps[p], os[p], K, Ns[p], m, n, 1);
         });
 #else
     const at::Tensor xt = permute16(xf, M, K);
     const float* xp = xt.data_ptr<float>();
     matmul(
-        M, N,
-        [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-          tile16<decltype(MT)::value, decltype(RR)::value>(xp, wp, o, K, N, m0, n, S);
+        M, Ns,
+        [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+          tile16<decltype(MT)::value, decltype(RR)::value>(xp, wps[p], os[p], K, Ns[p], m0, n, S);
         },
-        [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
+        [&](int64_t p, int64_t n) { single(xf, wps[p], os[p], K, Ns[p], M, n); });
 #endif
-    return add_bias(o, M, N, bias);
+    for (int64_t p = 0; p < P; ++p) add_bias(os[p], M, Ns[p], parts[p].bias);
+    return;
   }
-  TORCH_CHECK(w.scalar_type() == at::kChar && scale.has_value(),
-              "ssd cpu linear: weights must be bf16, or int8 with a scale per row");
-  const int8_t* wp = w.data_ptr<int8_t>();
+  std::vector<const int8_t*> wps;
+  for (const Projection& part : parts) wps.push_back(part.w.data_ptr<int8_t>());
   if (K % 32 == 0) {
     std::vector<int8_t> xq;
     std::vector<float> xs, xc;
@@ -444,58 +477,85 @@ void linear_f32(const float* xf, int64_t M, const at::Tensor& w,
       std::vector<float> xs16(M * KB * 16);
       for (int64_t j = 0; j < M * KB; ++j)
         for (int l = 0; l < 16; ++l) xs16[j * 16 + l] = xs[j * 2 + l / 8];
-      const auto tile = [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-        tile_vnni<decltype(MT)::value, decltype(RR)::value>(xu.data(), xs16.data(), wp, o, K, N,
-                                                            m0, n, S);
-      };
-      matmul<true>(M, N, tile, [&](int64_t n) {
-        for (int64_t m = 0; m < M; ++m) tile_vnni<1, 1>(xu.data(), xs16.data(), wp, o, K, N, m, n, 1);
-      });
+      matmul<true>(
+          M, Ns,
+          [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+            tile_vnni<decltype(MT)::value, decltype(RR)::value>(xu.data(), xs16.data(), wps[p],
+                                                                os[p], K, Ns[p], m0, n, S);
+          },
+          [&](int64_t p, int64_t n) {
+            for (int64_t m = 0; m < M; ++m)
+              tile_vnni<1, 1>(xu.data(), xs16.data(), wps[p], os[p], K, Ns[p], m, n, 1);
+          });
     } else
 #endif
       matmul(
-          M, N,
-          [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-            tile_q8<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs.data(), xc.data(), wp,
-                                                              o, K, N, m0, n, S);
+          M, Ns,
+          [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+            tile_q8<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs.data(), xc.data(),
+                                                              wps[p], os[p], K, Ns[p], m0, n, S);
           },
-          [&](int64_t n) { single_q8(xq.data(), xs.data(), xc.data(), wp, o, K, N, M, n); });
+          [&](int64_t p, int64_t n) {
+            single_q8(xq.data(), xs.data(), xc.data(), wps[p], os[p], K, Ns[p], M, n);
+          });
   } else {
     matmul(
-        M, N,
-        [&](auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-          tile<decltype(MT)::value, decltype(RR)::value>(xf, wp, o, K, N, m0, n, S);
+        M, Ns,
+        [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+          tile<decltype(MT)::value, decltype(RR)::value>(xf, wps[p], os[p], K, Ns[p], m0, n, S);
         },
-        [&](int64_t n) { single(xf, wp, o, K, N, M, n); });
+        [&](int64_t p, int64_t n) { single(xf, wps[p], os[p], K, Ns[p], M, n); });
   }
-  const at::Tensor sc = scale->to(at::kFloat).contiguous();
-  const float* sp = sc.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) o[m * N + n] *= sp[n];
-  add_bias(o, M, N, bias);
+  for (int64_t p = 0; p < P; ++p) {
+    const at::Tensor sc = parts[p].scale->to(at::kFloat).contiguous();
+    const float* sp = sc.data_ptr<float>();
+    float* o = os[p];
+    const int64_t N = Ns[p];
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) o[m * N + n] *= sp[n];
+    add_bias(o, M, N, parts[p].bias);
+  }
+}
+
+void linear_f32(const float* x, int64_t M, const at::Tensor& w,
+                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
+                float* out) {
+  linear_f32(x, M, {Projection{w, scale, bias, out}});
 }
 
 }  // namespace ssd_kernels
 
 namespace {
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scale,
-                  const c10::optional<at::Tensor>& bias) {
+// x [..., K] against each w [N_p, K]: [..., N_p] per matrix, in x's dtype, in one parallel region.
+std::vector<at::Tensor> linear(const at::Tensor& x, at::TensorList w,
+                               const c10::List<c10::optional<at::Tensor>>& scale,
+                               const c10::List<c10::optional<at::Tensor>>& bias) {
   TORCH_CHECK(x.device().is_cpu(), "ssd cpu linear: CPU tensors only");
-  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(!w.empty() && scale.size() == w.size() && bias.size() == w.size(),
+              "ssd cpu linear: one scale and one bias (or None) per weight");
+  const int64_t K = w[0].size(1);
   TORCH_CHECK(x.size(-1) == K, "ssd cpu linear: x's last dim ", x.size(-1), " != K ", K);
   const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, N}, x2.options());
-  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, w, scale, bias, out.data_ptr<float>());
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  return out.to(x.scalar_type()).view(shape);
+  std::vector<at::Tensor> outs;
+  std::vector<ssd_kernels::Projection> parts;
+  for (size_t p = 0; p < w.size(); ++p) {
+    outs.push_back(at::empty({M, w[p].size(0)}, x2.options()));
+    parts.push_back({w[p], scale.get(p), bias.get(p), outs.back().data_ptr<float>()});
+  }
+  ssd_kernels::linear_f32(x2.data_ptr<float>(), M, parts);
+  for (at::Tensor& out : outs) {
+    auto shape = x.sizes().vec();
+    shape.back() = out.size(1);
+    out = out.to(x.scalar_type()).view(shape);
+  }
+  return outs;
 }
 
 }  // namespace
 TORCH_LIBRARY_FRAGMENT(ssd_cpu, m) {
-  m.def("linear(Tensor x, Tensor w, Tensor? scale, Tensor? bias) -> Tensor");
+  m.def("linear(Tensor x, Tensor[] w, Tensor?[] scale, Tensor?[] bias) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(ssd_cpu, CPU, m) { m.impl("linear", &linear); }

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 // The AVX-512 paths (BF16 dot products, VNNI) where the build targets them; AVX2 + FMA otherwise.
 #if defined(__AVX512BF16__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -14,6 +15,16 @@
 namespace ssd_kernels {
 
 // out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
+struct Projection {
+  const at::Tensor& w;
+  c10::optional<at::Tensor> scale, bias;
+  float* out;
+};
+
+// Several projections of one x (same K and dtype) in one parallel region: no thread waits for
+// the others between them.
+void linear_f32(const float* x, int64_t M, const std::vector<Projection>& parts);
+
 void linear_f32(const float* x, int64_t M, const at::Tensor& w,
                 const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
                 float* out);

@@ -200,23 +200,22 @@ _MATRICES = tuple(n for n in _FUSED_WEIGHTS if n.startswith("w"))
 _FUSED_EXTRAS = ("bq", "bk", "bv", "bo", *(f"{n}_scale" for n in _MATRICES))
 
 
-def _fused_layer(
-    lp: LayerParams,
+def _fused_layers(
+    params: Params,
     cfg: ModelConfig,
     kv: KVCache,
-    layer: int,
     x: Tensor,
     rope: tuple[Tensor, Tensor],
     meta: AttentionMeta,
     mask: Tensor,
 ) -> Tensor:
-    """`_layer` as one native call (`ssd.kernels`), for bf16 activations on CPU."""
-    return torch.ops.ssd_cpu.decoder_layer(
+    """Every `_layer` as one native call (`ssd.kernels`), for bf16 activations on CPU."""
+    return torch.ops.ssd_cpu.decoder_layers(
         x,
-        [lp[name] for name in _FUSED_WEIGHTS],
-        [lp.get(name) for name in _FUSED_EXTRAS],
-        kv.k_pages[layer],
-        kv.v_pages[layer],
+        [params.layers[name] for name in _FUSED_WEIGHTS],
+        [params.layers.get(name) for name in _FUSED_EXTRAS],
+        kv.k_pages,
+        kv.v_pages,
         *rope,
         meta.slot_mapping,
         meta.block_tables,
@@ -248,10 +247,12 @@ def forward_unchecked(
         and kv.k_pages.dtype == torch.bfloat16
         and kernels.fused_layers(x, [params.layers[name] for name in _MATRICES])
     )
-    run_layer = _fused_layer if fused else _layer
-    for layer in range(cfg.num_hidden_layers):
-        lp = {key: w[layer] for key, w in params.layers.items()}
-        x = run_layer(lp, cfg, kv, layer, x, rope, meta, mask)
+    if fused:
+        x = _fused_layers(params, cfg, kv, x, rope, meta, mask)
+    else:
+        for layer in range(cfg.num_hidden_layers):
+            lp = {key: w[layer] for key, w in params.layers.items()}
+            x = _layer(lp, cfg, kv, layer, x, rope, meta, mask)
     if logits_at is not None:  # the head is the largest matrix: apply it only where needed
         x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
     x = rms_norm(x, params.final_norm, cfg.rms_norm_eps)
