@@ -42,6 +42,7 @@ import torch
 from ssd import saguaro
 from ssd.config import CPU_DRAFT_STOP, SamplingParams, draft_stop_problem
 from ssd.kernels import linear
+from ssd.models import huge_pages
 from ssd.models.loading import Model
 
 MODES = ("hf", "hf-assisted", "ar", "sd", "ssd", "sd-target-cores")
@@ -73,9 +74,10 @@ def bandwidth(threads: int, mib: int = 512) -> float:
     torch.set_num_threads(threads)
     try:
         k = 2048
-        w = torch.randn(mib * 2**20 // (2 * k), k).bfloat16()
+        # on huge pages, as the engine's weights (`ssd.models.huge_pages`)
+        w = huge_pages.move(torch.randn(mib * 2**20 // (2 * k), k).bfloat16())
         x = torch.randn(1, k).bfloat16()
-        f32 = torch.randn(mib * 2**20 // 4)
+        f32 = huge_pages.move(torch.randn(mib * 2**20 // 4))
         best = 0.0
         for fn, nbytes in ((lambda: linear(x, w), w.numel() * 2), (f32.sum, f32.numel() * 4)):
             fn()

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from ssd import kernels
+from ssd.models import huge_pages
 from ssd.models.config import CheckpointError, ModelConfig
 from ssd.models.decoder import Params, layer_shapes, rope_inv_freq
 from ssd.pytree import pytree_dataclass, static
@@ -81,19 +82,30 @@ def load_model(
         def get(name: str, shape: tuple[int, ...]) -> Tensor:
             return r.get(name, shape).to(device=device, dtype=dtype)
 
-        # Stacked [L, ...] per weight: one tensor per kind suits scan-style tracing and
-        # sharding rules keyed by name; the forward indexes layer i as a view.
-        layers = {
-            key: torch.stack([get(name, shape) for name in layer_names[key]])
-            for key, shape in layer_shapes(cfg).items()
-        }
+        def stack(names: list[str], shape: tuple[int, ...]) -> Tensor:
+            # Stacked [L, ...] per weight: one tensor per kind suits scan-style tracing and
+            # sharding rules keyed by name; the forward indexes layer i as a view. On CPU the
+            # stack is written straight into huge pages (`ssd.models.huge_pages`).
+            if not on_cpu:
+                return torch.stack([get(name, shape) for name in names])
+            out = huge_pages.empty((len(names), *shape), dtype)
+            for i, name in enumerate(names):
+                out[i].copy_(get(name, shape))
+            return out
+
+        on_cpu = torch.device(device).type == "cpu"
+        layers = {key: stack(layer_names[key], shape) for key, shape in layer_shapes(cfg).items()}
         vocab = (cfg.vocab_size, cfg.hidden_size)
-        embed = get(EMBED, vocab)
+        embed = get(EMBED, vocab)  # a row read a token, unless it is the head too
+        if cfg.tie_word_embeddings:
+            embed = head = huge_pages.move(embed)
+        else:
+            head = huge_pages.move(get(HEAD, vocab))
         params = Params(
             embed=embed,
             layers=layers,
             final_norm=get(NORM, (cfg.hidden_size,)),
-            lm_head=embed if cfg.tie_word_embeddings else get(HEAD, vocab),
+            lm_head=head,
             inv_freq=rope_inv_freq(cfg).to(device),
         )
     return Model(cfg=cfg, params=params)

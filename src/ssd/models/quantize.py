@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ssd.models import huge_pages
 from ssd.models.loading import Model, load_model
 
 # Layer weights that are matrices (norms and biases stay float).
@@ -29,12 +30,18 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def quantize_int8(model: Model) -> Model:
-    """The model with int8 projection and head weights (`Params` documents the scale keys)."""
+    """The model with int8 projection and head weights (`Params` documents the scale keys),
+    on huge pages where they are CPU tensors (`ssd.models.huge_pages`)."""
+
+    def rows(w: Tensor) -> tuple[Tensor, Tensor]:
+        q, scale = quantize_rows(w)
+        return huge_pages.move(q), scale
+
     p = model.params
     layers = dict(p.layers)
     for name in MATRICES:
-        layers[name], layers[name + "_scale"] = quantize_rows(p.layers[name])
-    head, head_scale = quantize_rows(p.lm_head)
+        layers[name], layers[name + "_scale"] = rows(p.layers[name])
+    head, head_scale = rows(p.lm_head)
     params = dataclasses.replace(p, layers=layers, lm_head=head, head_scale={"lm_head": head_scale})
     return dataclasses.replace(model, params=params)
 
