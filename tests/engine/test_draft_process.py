@@ -51,6 +51,7 @@ def test_sampled_tokens_match_the_single_process_engine(checkpoints):
     options = {"mode": "ssd", "k": 3, "backup": "neural", "saguaro_c": 0.5, "max_batch": 4}
     local = LLM(target, draft=target, **options).generate(PROMPTS, params, use_tqdm=False)
     # Two engines with draft processes at once, in one process: private groups, no fixed port.
+    cores = sorted(os.sched_getaffinity(0))
     with (
         LLM(target, draft=target, draft_process=True, **options) as one,
         LLM(target, draft=target, draft_process=True, **options) as two,
@@ -58,9 +59,18 @@ def test_sampled_tokens_match_the_single_process_engine(checkpoints):
         remote = one.generate(PROMPTS, params, use_tqdm=False)
         other = two.generate(PROMPTS, params, use_tqdm=False)
         workers = [one.runner.drafter.proc, two.runner.drafter.proc]
+        # Each draft on the last core, the target on the others: the second engine splits the
+        # process's cores as they were before the first narrowed them.
+        held = [os.sched_getaffinity(0), *(os.sched_getaffinity(w.pid) for w in workers)]
+        one.close()
+        still = os.sched_getaffinity(0)  # the other engine still runs beside its draft
     assert [o.token_ids for o in remote] == [o.token_ids for o in local]
     assert [o.token_ids for o in other] == [o.token_ids for o in local]
     assert not any(w.is_alive() for w in workers)  # closing stops the workers
+    if len(cores) >= 2:
+        assert held == [set(cores[:-1]), {cores[-1]}, {cores[-1]}]
+        assert still == set(cores[:-1])
+    assert sorted(os.sched_getaffinity(0)) == cores  # the last to close gives them back
 
 
 @pytest.mark.timeout(240)

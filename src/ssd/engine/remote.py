@@ -20,7 +20,7 @@ import faulthandler
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -68,10 +68,39 @@ class Channel:
             work.wait(datetime.timedelta(seconds=timeout_s))
 
 
-def _cores() -> tuple[set[int], set[int]] | None:
-    """Target and draft CPU cores: the draft gets the last core, the target the others."""
-    cores = sorted(os.sched_getaffinity(0))
-    return (set(cores[:-1]), {cores[-1]}) if len(cores) >= 2 else None
+class _CoreSplit:
+    """This process's CPU cores between its target and its draft workers.
+
+    The first engine with a draft process on CPU narrows the process to the target's cores
+    (one thread per core); later engines split the cores as they were before that, so their
+    drafts get the last core too instead of sharing the target's; the last to close gives the
+    process back its cores and threads.
+    """
+
+    engines: ClassVar[int] = 0
+    cores: ClassVar[set[int]] = set()  # the process's, before the first engine narrowed them
+    threads: ClassVar[int] = 0
+
+    @classmethod
+    def plan(cls) -> tuple[set[int], set[int]] | None:
+        """(target cores, draft cores), the draft on the last; None on a single core."""
+        whole = sorted(cls.cores if cls.engines else os.sched_getaffinity(0))
+        return (set(whole[:-1]), {whole[-1]}) if len(whole) >= 2 else None
+
+    @classmethod
+    def narrow(cls, target: set[int]) -> None:
+        if not cls.engines:
+            cls.cores, cls.threads = os.sched_getaffinity(0), torch.get_num_threads()
+        cls.engines += 1
+        os.sched_setaffinity(0, target)
+        torch.set_num_threads(len(target))
+
+    @classmethod
+    def give_back(cls) -> None:
+        cls.engines -= 1
+        if not cls.engines:
+            os.sched_setaffinity(0, cls.cores)
+            torch.set_num_threads(cls.threads)
 
 
 class RemoteDrafter:
@@ -89,9 +118,7 @@ class RemoteDrafter:
         self.device = torch.device(cfg.device)
         self.timeout_s, self._first_timeout_s = timeout_s, startup_timeout_s
         store = host_store(2, startup_timeout_s)
-        self._affinity = os.sched_getaffinity(0)
-        self._threads = torch.get_num_threads()
-        cores = _cores() if self.device.type == "cpu" else None
+        cores = _CoreSplit.plan() if self.device.type == "cpu" else None
         self.proc = mp.get_context("spawn").Process(
             target=_serve, args=(cfg, store.port, cores and cores[1]), daemon=True
         )
@@ -101,9 +128,9 @@ class RemoteDrafter:
             raise DraftFailure(f"the draft process {problem}")
         self.chan = Channel(store, TARGET, startup_timeout_s)
         self._store = store  # the worker's rendezvous: kept alive with the group
+        self._narrowed = cores is not None
         if cores is not None:  # one thread per core left to the target: never oversubscribe
-            os.sched_setaffinity(0, cores[0])
-            torch.set_num_threads(len(cores[0]))
+            _CoreSplit.narrow(cores[0])
         self._pending: dict[str, Any] = {"admit": [], "release": [], "observe": None}
         self.busy_seconds = 0.0
         self.closed = False
@@ -160,8 +187,12 @@ class RemoteDrafter:
                 self.proc.kill()
                 self.proc.join()
         del self.chan  # the group's sockets
-        os.sched_setaffinity(0, self._affinity)
-        torch.set_num_threads(self._threads)
+        self._give_back_cores()
+
+    def _give_back_cores(self) -> None:
+        if self._narrowed:
+            self._narrowed = False
+            _CoreSplit.give_back()
 
 
 def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
