@@ -8,7 +8,7 @@ round and the draft's idle fraction (`LLM.metrics`). A draft that is never idle 
 target waits sets the round.
 
     python benchmarks/ssd_rounds.py --settings '{"draft_stop": 0.7}' '{}' [--repeats 3]
-        [--budget 5] [--max-tokens 128] [--temperature 0] [--num-prompts 2]
+        [--budget 4] [--max-tokens 128] [--temperature 0] [--num-prompts 2]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", nargs="+", default=["{}"], help="LLM options, JSON, each")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=4)  # as `ssd bench` (K)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--num-prompts", type=int, default=2)

@@ -206,7 +206,7 @@ def build_modes(
         "max_model_len": args.max_model_len,
     }
     spec = {"draft": draft, "k": args.k, "draft_dtype": args.draft_dtype, **common}
-    budget = args.budget or args.k + 1
+    budget = args.budget or args.k
     modes: list[Mode] = []
     wanted = args.modes.split(",")
     hf = hf_draft = None
@@ -473,8 +473,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--draft-dtype", default="int8", help="int8, bfloat16 or float32")
     ap.add_argument("--backup", default="neural", choices=saguaro.BACKUPS)
-    # On CPUs the tree steps are compute-bound (budget rows per draft forward): K+1 by default.
-    ap.add_argument("--budget", type=int, default=None, help="SSD branches (default K+1)")
+    # On CPUs the tree steps are compute-bound (budget rows per draft forward) and set SSD's
+    # round: K by default (docs/performance.md, findings 5 and 28).
+    ap.add_argument("--budget", type=int, default=None, help="SSD branches (default K)")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     ap.add_argument("--json", type=Path, default=Path("bench.json"))
