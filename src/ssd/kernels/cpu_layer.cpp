@@ -3,9 +3,9 @@
 // Between its seven projections a layer runs about forty small tensor ops (norms, RoPE, the K/V
 // write, casts, residuals); dispatched one by one from Python they cost as much as streaming a
 // 0.5B draft's layer weights. Here they are plain loops around the same linear and attention
-// kernels, every layer of a forward in one call, rounding to bf16 wherever the op-by-op path stores a bf16 tensor, so the results are
-// those of `ssd.models.decoder` up to the order of fp32 sums. Every row is computed alone: the
-// layer is batch-invariant like its kernels.
+// kernels, every layer of a forward in one call, rounding to bf16 wherever the op-by-op path
+// stores a bf16 tensor, so the results are those of `ssd.models.decoder` up to the order of fp32
+// sums. Every row is computed alone: the layers are batch-invariant like their kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -159,14 +159,13 @@ at::Tensor decoder_layers(const at::Tensor& x, at::TensorList w,
                block_tables, mask};
   const std::vector<float> attn_norm = to_f32(w[0]), mlp_norm = to_f32(w[5]);
   std::vector<float> h = to_f32(x);
+  const std::vector<c10::optional<at::Tensor>> extras(extra.begin(), extra.end());
   std::vector<at::Tensor> wl(9);
   std::vector<c10::optional<at::Tensor>> el(11);
   for (int64_t l = 0; l < L; ++l) {
     for (size_t i = 0; i < 9; ++i) wl[i] = w[i].select(0, l);
-    for (size_t i = 0; i < 11; ++i) {
-      const c10::optional<at::Tensor> e = extra.get(i);
-      el[i] = e.has_value() ? c10::optional<at::Tensor>(e->select(0, l)) : c10::nullopt;
-    }
+    for (size_t i = 0; i < 11; ++i)
+      el[i] = extras[i] ? c10::optional<at::Tensor>(extras[i]->select(0, l)) : c10::nullopt;
     layer(h, attn_norm.data() + l * hid, mlp_norm.data() + l * hid, wl, el, k_pages.select(0, l),
           v_pages.select(0, l), s);
   }

@@ -517,12 +517,6 @@ void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts
   }
 }
 
-void linear_f32(const float* x, int64_t M, const at::Tensor& w,
-                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* out) {
-  linear_f32(x, M, {Projection{w, scale, bias, out}});
-}
-
 }  // namespace ssd_kernels
 
 namespace {

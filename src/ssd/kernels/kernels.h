@@ -21,13 +21,9 @@ struct Projection {
   float* out;
 };
 
-// Several projections of one x (same K and dtype) in one parallel region: no thread waits for
-// the others between them.
+// Projections of one x (same K and dtype) in one parallel region: no thread waits for the
+// others between them.
 void linear_f32(const float* x, int64_t M, const std::vector<Projection>& parts);
-
-void linear_f32(const float* x, int64_t M, const at::Tensor& w,
-                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& bias,
-                float* out);
 
 // q [B, Q, H, D] against one layer's pages through the block tables, under `mask`.
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,

@@ -2,8 +2,9 @@
 
 Decoding streams every weight once per token. On 4 KB pages that is a page walk per 4 KB of
 weights, and the kernel leaves huge pages to regions that ask for them (the common
-`transparent_hugepage=madvise`). Weights held in 2 MB pages decoded Qwen2.5-Coder-1.5B (bf16,
-two cores) at 102-108 ms a token against 113-116 on 4 KB pages (docs/performance.md).
+`transparent_hugepage=madvise`). On a Xeon with 2 MB pages, Qwen2.5-Coder-1.5B's layer matrices
+streamed at 30-33 GB/s against 28 and AR decoded 1.05 x faster; SD and SSD, whose passes do
+more arithmetic per byte, did not change (docs/performance.md, finding 27).
 
 `empty` gives a tensor in a private anonymous mapping advised `MADV_HUGEPAGE` and aligned to
 2 MB, so the first write to it faults in whole huge pages; where the platform has no such advice
