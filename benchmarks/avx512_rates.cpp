@@ -40,4 +40,8 @@ int main() {
        [&](__m512i a) { return _mm512_dpbusd_epi32(a, x8, w8); });
   rate("vcvtdq2ps", _mm512_setzero_si512(),
        [&](__m512i a) { return _mm512_castps_si512(_mm512_cvtepi32_ps(a)); });
+  rate("vpdpwssd (32 int16 pairs)", _mm512_setzero_si512(),
+       [&](__m512i a) { return _mm512_dpwssd_epi32(a, x8, w8); });
+  rate("vpmovsxbw (widen 32 int8)", _mm512_setzero_si512(),
+       [&](__m512i a) { return _mm512_cvtepi8_epi16(_mm512_castsi512_si256(a)); });
 }

@@ -22,6 +22,7 @@ import torch
 from torch.utils.cpp_extension import load
 
 from ssd.kernels import build_flags
+from ssd.models import huge_pages
 from ssd.models.quantize import quantize_rows
 
 KERNELS = Path(__file__).resolve().parents[1] / "src" / "ssd" / "kernels"
@@ -57,6 +58,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--int8", action="store_true", help="int8 weights with a scale per row")
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="all matrices in one call (as the fused layers run them), not one call each",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fns = [build(args.a, "a", Path(tmp)), build(args.b, "b", Path(tmp))]
@@ -66,6 +72,7 @@ def main() -> None:
     scales: list[torch.Tensor | None] = [None] * len(ws)
     if args.int8:
         ws, scales = (list(t) for t in zip(*map(quantize_rows, ws), strict=True))
+    ws = [huge_pages.move(w) for w in ws]  # where the engine keeps its weights
     gb = ws[0].element_size() * n * k * len(ws) / 1e9
     kind = "int8" if args.int8 else "bf16"
     print(f"[{n}, {k}] x {len(ws)} {kind}, {args.threads} threads; GB/s median [min-max]")
@@ -75,8 +82,10 @@ def main() -> None:
         for _ in range(args.repeats):
             for fn, r in zip(fns, rates, strict=True):
                 start = time.perf_counter()
-                for w, scale in zip(ws, scales, strict=True):
-                    fn(x, w, scale, None)
+                if args.together:
+                    fn(x, ws, scales, [None] * len(ws))
+                for w, scale in zip(ws, scales, strict=True) if not args.together else ():
+                    fn(x, [w], [scale], [None])
                 r.append(gb / (time.perf_counter() - start))
         a, b = (statistics.median(r) for r in rates)
         print(
