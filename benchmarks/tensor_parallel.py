@@ -39,9 +39,7 @@ def main() -> None:
         runs: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(args.repeats):
             for tp in (1, 2):
-                with LLM(
-                    args.target, dtype=args.dtype, max_batch=batch, tensor_parallel=tp
-                ) as llm:
+                with LLM(args.target, dtype=args.dtype, max_batch=batch, tensor_parallel=tp) as llm:
                     prompts = [llm.tokenizer.encode(q) for q in questions[:batch]]
                     llm.generate(prompts, SamplingParams(max_tokens=2), use_tqdm=False)
                     start = time.perf_counter()
