@@ -2,8 +2,8 @@
 
 Each revision is checked out into a temporary git worktree and benched in a process of its own
 (its kernels build into their own cache folder, keyed by their sources), so a change is timed
-against its parent on the same machine within minutes. Prints each run's tok/s per mode and the
-median of the per-pair ratios B / A.
+against its parent on the same machine within minutes. Prints each run's tok/s per mode (and τ,
+the mean accepted length, where a mode speculates) and the median of the per-pair ratios B / A.
 
     python benchmarks/revisions_ab.py HEAD~1 HEAD --modes ar,sd,ssd --pairs 2 [-- bench options]
 """
@@ -27,7 +27,12 @@ def bench(src: Path, modes: str, extra: list[str], out: Path) -> dict[str, float
     cmd += ["--no-progress", "--json", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {name: row["median"] for name, row in json.loads(out.read_text())["modes"].items()}
+    modes = json.loads(out.read_text())["modes"]
+    return {name: row["median"] for name, row in modes.items()} | {
+        f"{name} tau": row["metrics"]["mean_accepted_length"]
+        for name, row in modes.items()
+        if (row.get("metrics") or {}).get("mean_accepted_length")
+    }
 
 
 def main() -> None:
@@ -56,6 +61,8 @@ def main() -> None:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
     for mode in runs["A"][0]:
+        if mode.endswith(" tau"):  # acceptance, printed with each run above
+            continue
         ratios = [b[mode] / a[mode] for a, b in zip(runs["A"], runs["B"], strict=True)]
         spread = max(ratios) - min(ratios)
         print(f"{mode}: B / A median {statistics.median(ratios):.3f} (spread {spread:.3f})")
