@@ -120,7 +120,7 @@ class RemoteDrafter:
         store = host_store(2, startup_timeout_s)
         cores = _CoreSplit.plan() if self.device.type == "cpu" else None
         self.proc = mp.get_context("spawn").Process(
-            target=_serve, args=(cfg, store.port, cores and cores[1]), daemon=True
+            target=_serve, args=(cfg, store.port, cores), daemon=True
         )
         self.proc.start()
         if problem := await_keys(store, ["worker"], [self.proc], startup_timeout_s):
@@ -195,12 +195,22 @@ class RemoteDrafter:
             _CoreSplit.give_back()
 
 
-def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
-    """The draft worker's loop: observe, release, admit, answer, then prepare the next round."""
+def _use_cores(cores: set[int]) -> None:
+    """This thread (and the pool threads it starts) on `cores`, one thread each."""
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+
+
+def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None) -> None:
+    """The draft worker's loop: observe, release, admit, answer, then prepare the next round.
+
+    `cores`: (the target's, the draft's) on CPU. The draft works on its own cores, but while it
+    answers the target is waiting for it, so the answer (a missed round's drafting) takes the
+    target's cores too; the kernels give the same bits on any number of threads.
+    """
     faulthandler.enable()
     if cores is not None:
-        os.sched_setaffinity(0, cores)
-        torch.set_num_threads(len(cores))
+        _use_cores(cores[1])
     store = dist.TCPStore("127.0.0.1", port, 2, False)
     store.set("worker", "up")
     # The target may verify for long between messages: the worker waits for it without limit
@@ -226,7 +236,11 @@ def _serve(cfg: DraftConfig, port: int, cores: set[int] | None) -> None:
         if new:
             drafter.admit(new)
         batch = [mirrors[i] for i in msg["ids"]]
+        if cores is not None:
+            _use_cores(cores[0] | cores[1])
         spec = drafter.answer(batch)
+        if cores is not None:
+            _use_cores(cores[1])
         tokens = spec.tokens.cpu()
         chan.send_obj(
             {
