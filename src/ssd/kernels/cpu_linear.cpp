@@ -345,25 +345,44 @@ void matmul(int64_t M, const std::vector<int64_t>& Ns, const Tile& tile, const S
 
 // x [M, K] -> 7-bit blocks of 32 (`q` in [-63, 63]), their scales (amax / 63; an all-zero
 // block gets scale 0) and, per row, `c` = 128 * sum over blocks of scale * sum(q): what flipping
-// the weights' sign bits adds to a row's products in tile_q8.
+// the weights' sign bits adds to a row's products in tile_q8. Eight lanes at a time: the scalar
+// loop took 45 us of a 59 us call at [4, 4864] (a fifth of a draft layer's fixed cost); the
+// same operations (max, multiply, round to nearest even, integer sum), so the same bits.
 void quantize_q7(const float* x, int64_t M, int64_t K, std::vector<int8_t>& q,
                  std::vector<float>& s, std::vector<float>& c) {
   const int64_t KB = K / 32;
   q.resize(M * K);
   s.resize(M * KB);
   c.assign(M, 0.f);
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t kb = 0; kb < KB; ++kb) {
       const float* src = x + m * K + kb * 32;
-      float amax = 0.f;
-      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(src[j]));
-      const float inv = amax > 0.f ? 63.f / amax : 0.f;
-      int sum = 0;
-      for (int j = 0; j < 32; ++j) {
-        const int v = static_cast<int>(std::nearbyint(src[j] * inv));
-        q[m * K + kb * 32 + j] = static_cast<int8_t>(v);
-        sum += v;
+      __m256 v[4], most = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(src + 8 * j);
+        most = _mm256_max_ps(_mm256_and_ps(magnitude, v[j]), most);
       }
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+      const __m256 inv = _mm256_set1_ps(amax > 0.f ? 63.f / amax : 0.f);
+      __m256i r[4], total = _mm256_setzero_si256();
+      for (int j = 0; j < 4; ++j) {
+        const __m256 scaled = _mm256_mul_ps(v[j], inv);
+        r[j] = _mm256_cvtps_epi32(
+            _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        total = _mm256_add_epi32(total, r[j]);
+      }
+      // int32 -> int8 (|v| <= 63): the packs interleave 128-bit lanes, the permute restores k order
+      const __m256i bytes = _mm256_permutevar8x32_epi32(
+          _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3])), order);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.data() + m * K + kb * 32), bytes);
+      alignas(32) int32_t lanes[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
+      int sum = 0;
+      for (const int32_t l : lanes) sum += l;
       s[m * KB + kb] = amax / 63.f;
       c[m] += 128.f * s[m * KB + kb] * static_cast<float>(sum);
     }
