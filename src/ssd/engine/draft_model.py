@@ -7,7 +7,7 @@ path and lock-step tree decoding over candidate branches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -181,9 +181,11 @@ class DraftModel:
         cands: saguaro.Candidates,
         saguaro_f: Tensor | None,
         c: Tensor | None,
+        between: Callable[[], None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]
-        (None: greedy point masses)."""
+        (None: greedy point masses). With `between`, one call per step, `between()` after each:
+        the same tokens (a step's coins are keyed by its positions, not by its index)."""
         b, st, keys = batch_inputs(batch, self.device)
         tables, mp = self._tables(batch, b)
         tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
@@ -207,7 +209,19 @@ class DraftModel:
             for t in range(self.k)
         ]
         mo = self.model
-        self.kv, tokens, q = self._tree(
-            mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
-        )
-        return tokens, q
+        if between is None:
+            self.kv, tokens, q = self._tree(
+                mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
+            )
+            return tokens, q
+        toks, qs, inp = [], [], cands.token
+        for d in range(self.k):
+            f = None if saguaro_f is None else saguaro_f[:, d : d + 1]
+            self.kv, tok, q = self._tree(
+                mo.params, mo.cfg, self.kv, inp, metas[d : d + 1], st, keys, f, c
+            )
+            toks.append(tok)
+            qs.append(q)
+            inp = tok[:, :, 0]
+            between()
+        return torch.cat(toks, 2), None if qs[0] is None else torch.cat(qs, 2)

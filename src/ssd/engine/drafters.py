@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -61,7 +61,9 @@ class SDDrafter:
         point = torch.full((tokens.shape[0],), q is None, dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
 
-    def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
+    def prepare(
+        self, batch: Sequence[Request], spec: Speculation, between: Callable[[], None] | None = None
+    ) -> None:
         """Work for the next round that can overlap this round's verification (none in SD)."""
 
 
@@ -196,11 +198,13 @@ class SSDDrafter(SDDrafter):
                 tokens, q, point = self._merge_hits(batch, hit, branch, tokens, q, point)
         return Speculation(tokens, q, point, list(hit))
 
-    def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
+    def prepare(
+        self, batch: Sequence[Request], spec: Speculation, between: Callable[[], None] | None = None
+    ) -> None:
         rd = self.round
         assert rd is not None, "prepare() before answer()"
         start = time.perf_counter()
-        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], rd.kind)
+        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], rd.kind, between)
         rd.seconds["build"] = time.perf_counter() - start
 
     def _lookup(self, batch: Sequence[Request]) -> tuple[list[bool], tuple[Tensor, Tensor] | None]:
@@ -259,12 +263,22 @@ class SSDDrafter(SDDrafter):
         q = None if self.cache.q is None else pad_rows(self.cache.q[idx, branch], b)
         return tokens, q
 
-    def _build(self, batch: Sequence[Request], tokens: Tensor, hit: list[bool], kind: str) -> None:
-        """Glue, fork and tree-decode the outcomes of the speculation just sent."""
+    def _build(
+        self,
+        batch: Sequence[Request],
+        tokens: Tensor,
+        hit: list[bool],
+        kind: str,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """Glue, fork and tree-decode the outcomes of the speculation just sent (`between`:
+        after the glue and after each tree step)."""
         b = tokens.shape[0]
         r = torch.tensor([x.out[-1] for x in batch] + [0] * (b - len(batch)), device=self.d.device)
         path = torch.cat([r[:, None], tokens], 1)
         g = self.d.glue(batch, path)
+        if between is not None:
+            between()
         fanouts = self._fanouts(batch, b)
         drafted = tokens.shape[1]  # K, or fewer after an early stop
         primary = [True] * b
@@ -278,7 +292,7 @@ class SSDDrafter(SDDrafter):
         fmax = max(max(x) for x in lists)
         cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
         f, c = self._saguaro(batch, b)
-        branch_tokens, branch_q = self.d.tree(batch, cands, f, c)
+        branch_tokens, branch_q = self.d.tree(batch, cands, f, c, between)
         rows = {x.id: i for i, x in enumerate(batch)}
         self.cache = _Cache(rows, primary, fanouts, cands, branch_tokens, branch_q)
 

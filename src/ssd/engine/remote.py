@@ -204,13 +204,16 @@ def _use_cores(cores: set[int]) -> None:
 def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None) -> None:
     """The draft worker's loop: observe, release, admit, answer, then prepare the next round.
 
-    `cores`: (the target's, the draft's) on CPU. The draft works on its own cores, but while it
-    answers the target is waiting for it, so the answer (a missed round's drafting) takes the
-    target's cores too; the kernels give the same bits on any number of threads.
+    `cores`: (the target's, the draft's) on CPU. The draft works on its own cores while the
+    target verifies, but whenever the target waits for it (the answer: a missed round's
+    drafting; the end of a preparation that outlasts the verification, seen by the target's
+    next message arriving between draft passes) it takes the target's cores too; the kernels
+    give the same bits on any number of threads.
     """
     faulthandler.enable()
+    own, every = (cores[1], cores[0] | cores[1]) if cores is not None else (set(), set())
     if cores is not None:
-        _use_cores(cores[1])
+        _use_cores(own)
     store = dist.TCPStore("127.0.0.1", port, 2, False)
     store.set("worker", "up")
     # The target may verify for long between messages: the worker waits for it without limit
@@ -220,7 +223,8 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None)
     mirrors: dict[int, Request] = {}
     drafted: dict[int, list[int]] = {}
     busy = 0.0
-    while (msg := _next_message(chan))["cmd"] != "exit":
+    incoming = _Incoming(chan)
+    while (msg := incoming.read())["cmd"] != "exit":
         start = time.perf_counter()
         if msg["observe"] is not None:
             ids, accepted, token, seconds = msg["observe"]
@@ -237,10 +241,10 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None)
             drafter.admit(new)
         batch = [mirrors[i] for i in msg["ids"]]
         if cores is not None:
-            _use_cores(cores[0] | cores[1])
+            _use_cores(every)
         spec = drafter.answer(batch)
         if cores is not None:
-            _use_cores(cores[1])
+            _use_cores(own)
         tokens = spec.tokens.cpu()
         chan.send_obj(
             {
@@ -255,14 +259,31 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None)
         if spec.q is not None:
             chan.send(spec.q.float().cpu().contiguous())
         drafted.update({r.id: row for r, row in zip(batch, tokens.tolist(), strict=False)})
-        drafter.prepare(batch, spec)
+        incoming = _Incoming(chan, every)
+        drafter.prepare(batch, spec, incoming.poll if cores is not None else None)
         busy = time.perf_counter() - start
     drafter.close()  # a sharded draft's ranks
 
 
-def _next_message(chan: Channel) -> dict[str, Any]:
-    """The target's next message; "exit" when the target is gone (its connection closed)."""
-    try:
-        return dict(chan.recv_obj())
-    except RuntimeError:
-        return {"cmd": "exit"}
+class _Incoming:
+    """The target's next message, the receive of its length posted ahead so that `poll` can
+    tell, between draft passes, whether the target is already waiting: then the rest of the
+    preparation runs on `widen_to` (every core) too."""
+
+    def __init__(self, chan: Channel, widen_to: set[int] | None = None):
+        self.chan, self.widen_to = chan, widen_to
+        self.size = torch.zeros(1, dtype=torch.int64)
+        self.work: Any = chan.pg.recv([self.size], chan.peer, 0)
+
+    def poll(self) -> None:
+        if self.widen_to and self.work.is_completed():
+            _use_cores(self.widen_to)
+            self.widen_to = None
+
+    def read(self) -> dict[str, Any]:
+        """The message; "exit" when the target is gone (its connection closed)."""
+        try:
+            self.work.wait()
+            return dict(unpickled(self.chan.recv(torch.empty(int(self.size), dtype=torch.uint8))))
+        except RuntimeError:
+            return {"cmd": "exit"}

@@ -8,7 +8,7 @@ draft zeros and are verified as point masses, and their outputs are dropped.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -79,8 +79,11 @@ class LocalDrafter(Drafter, Protocol):
         """This round's speculation (SSD: from the cache, or the backup on a miss)."""
         ...
 
-    def prepare(self, batch: Sequence[Request], spec: Speculation) -> None:
-        """Work for the next round that can overlap this round's verification."""
+    def prepare(
+        self, batch: Sequence[Request], spec: Speculation, between: Callable[[], None] | None = None
+    ) -> None:
+        """Work for the next round that can overlap this round's verification; `between` is
+        called between its draft passes (a worker checks whether the target is waiting)."""
 
 
 def batch_inputs(
