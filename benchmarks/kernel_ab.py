@@ -89,8 +89,9 @@ def main() -> None:
                 start = time.perf_counter()
                 if args.together:
                     fn(x, ws, scales, [None] * len(ws))
-                for w, scale in zip(ws, scales, strict=True) if not args.together else ():
-                    fn(x, [w], [scale], [None])
+                else:
+                    for w, scale in zip(ws, scales, strict=True):
+                        fn(x, [w], [scale], [None])
                 r.append(gb / (time.perf_counter() - start))
         a, b = (statistics.median(r) for r in rates)
         print(

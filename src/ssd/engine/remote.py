@@ -68,6 +68,12 @@ class Channel:
             work.wait(datetime.timedelta(seconds=timeout_s))
 
 
+def _use_cores(cores: set[int]) -> None:
+    """This thread (and the pool threads it starts) on `cores`, one thread each."""
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+
+
 class _CoreSplit:
     """This process's CPU cores between its target and its draft workers.
 
@@ -92,8 +98,7 @@ class _CoreSplit:
         if not cls.engines:
             cls.cores, cls.threads = os.sched_getaffinity(0), torch.get_num_threads()
         cls.engines += 1
-        os.sched_setaffinity(0, target)
-        torch.set_num_threads(len(target))
+        _use_cores(target)
 
     @classmethod
     def give_back(cls) -> None:
@@ -193,12 +198,6 @@ class RemoteDrafter:
         if self._narrowed:
             self._narrowed = False
             _CoreSplit.give_back()
-
-
-def _use_cores(cores: set[int]) -> None:
-    """This thread (and the pool threads it starts) on `cores`, one thread each."""
-    os.sched_setaffinity(0, cores)
-    torch.set_num_threads(len(cores))
 
 
 def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None) -> None:

@@ -82,6 +82,8 @@ def load_model(
         def get(name: str, shape: tuple[int, ...]) -> Tensor:
             return r.get(name, shape).to(device=device, dtype=dtype)
 
+        on_cpu = torch.device(device).type == "cpu"
+
         def stack(names: list[str], shape: tuple[int, ...]) -> Tensor:
             # Stacked [L, ...] per weight: one tensor per kind suits scan-style tracing and
             # sharding rules keyed by name; the forward indexes layer i as a view. On CPU the
@@ -93,7 +95,6 @@ def load_model(
                 out[i].copy_(get(name, shape))
             return out
 
-        on_cpu = torch.device(device).type == "cpu"
         layers = {key: stack(layer_names[key], shape) for key, shape in layer_shapes(cfg).items()}
         vocab = (cfg.vocab_size, cfg.hidden_size)
         embed = get(EMBED, vocab)  # a row read a token, unless it is the head too
