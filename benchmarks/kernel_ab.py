@@ -5,8 +5,9 @@ alternating both builds over the same weights (A B A B …, medians and ranges),
 minutes apart. Each source is built as its own extension (ops renamed), with the flags
 `ssd.kernels` uses on this CPU (`build_flags`: AVX-512 where it has the instructions).
 
-    git show HEAD~1:src/ssd/kernels/cpu_linear.cpp > /tmp/old.cpp
-    python benchmarks/kernel_ab.py /tmp/old.cpp src/ssd/kernels/cpu_linear.cpp \
+    mkdir /tmp/old && git archive HEAD~1 src/ssd/kernels | tar -x -C /tmp/old
+    python benchmarks/kernel_ab.py /tmp/old/src/ssd/kernels/cpu_linear.cpp \
+        src/ssd/kernels/cpu_linear.cpp \
         [--rows 1,3,5,6] [--shape 8960,1536] [--matrices 40] [--repeats 7] [--threads 2] [--int8]
         [--together]
 
@@ -45,8 +46,9 @@ def build(source: Path, tag: str, root: Path) -> object:
         return text
 
     (d / "linear.cpp").write_text(renamed(source.read_text()))
-    for header in ("kernels.h", "simd.h"):
-        (d / header).write_text(renamed((KERNELS / header).read_text()))
+    for header in ("kernels.h", "simd.h"):  # the source's own where it has them (an old revision)
+        own = source.parent / header
+        (d / header).write_text(renamed((own if own.exists() else KERNELS / header).read_text()))
     load(name=f"ab_{tag}", sources=[str(d / "linear.cpp")], build_directory=str(d),
          extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
          is_python_module=False)  # fmt: skip
