@@ -32,31 +32,38 @@ def test_bf16_matches_fp32_reference(m, n, k):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def _q7(x: torch.Tensor) -> torch.Tensor:
-    """x quantized per row in blocks of 32 to 7 bits and dequantized, as the kernel does."""
-    blocks = x.unflatten(-1, (-1, 32))
-    amax = blocks.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 63.0 / amax, torch.zeros_like(amax))
-    return (torch.round(blocks * inv) * (amax / 63.0)).flatten(-2)
+def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] quantized per row to 8 bits as the kernel does: (q as int64, scale [M])."""
+    amax = x.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return torch.round(x * inv).long(), (amax / 127.0).squeeze(-1)
 
 
 @pytest.mark.parametrize("m", [1, 4, 9])
-@pytest.mark.parametrize("k", [96, 100])  # K % 32 == 0: activations in 7-bit blocks; else fp32
+@pytest.mark.parametrize("k", [128, 96, 100])  # K % 64, K % 32 and scalar tails
 @pytest.mark.parametrize("n", [50, 301])  # N % 4 tails; 301: several tasks' blocks
-def test_int8_matches_dequantized_reference(m, k, n):
+def test_int8_is_the_exact_integer_product_scaled(m, k, n):
+    """Bitwise: each output is the integer dot product of the 8-bit row and the int8 weights,
+    converted to fp32 once and scaled, so AVX2 and AVX-512 builds give the same bits."""
     w = _weights(n, k, seed=3)
     q, scale = quantize_rows(w)
     x = torch.randn(2, m, k, generator=torch.Generator().manual_seed(m))  # leading dims kept
-    xr = _q7(x) if k % 32 == 0 else x
-    ref = F.linear(xr, q.float() * scale[:, None])
-    out = linear(x, q, None, scale)
+    x[0, 0, 5] = 0.5  # ties round to even on both sides
+    x[1, -1] = 0.0  # an all-zero row: scale 0
+    bias = torch.randn(n)
+    xq, xs = _q8(x.reshape(-1, k))
+    assert xq.abs().max() == 127
+    dots = xq @ q.long().T  # exact
+    ref = (dots.float() * xs[:, None] * scale + bias).reshape(2, m, n)
+    out = linear(x, q, bias, scale)
     assert out.shape == (2, m, n)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert (w - q.float() * scale[:, None]).abs().max() <= scale.max() / 2 + 1e-7
-    if k % 32 == 0:  # and the activation rounding is what it costs: within half a step per block
-        exact = F.linear(x, q.float() * scale[:, None])
-        assert not torch.allclose(out, exact, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out, exact, rtol=0, atol=0.05)
+    assert torch.equal(out, ref)
+    # and the activation rounding is what it costs: at most half a step of x per weight
+    wd = q.float() * scale[:, None]
+    exact = F.linear(x, wd, bias)
+    assert not torch.allclose(out, exact, rtol=1e-5, atol=1e-5)
+    bound = (xs[:, None] / 2 * wd.abs().sum(-1)).reshape(2, m, n)
+    assert ((out - exact).abs() <= bound * 1.001 + 1e-5).all()
 
 
 def test_int8_rows_do_not_depend_on_their_batch():

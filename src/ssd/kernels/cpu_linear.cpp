@@ -13,15 +13,17 @@
 // in a 1-token decode.
 //
 // Weights: bf16 [N, K], or int8 [N, K] with one fp32 scale per output row (w = q * scale).
-// With int8 weights and K a multiple of 32, x is quantized too, per row in blocks of 32 to
-// 7 bits with one fp32 scale each, and each block's dot product is exact in integers
-// (vpmaddubsw + vpmaddwd): several times fewer instructions per weight byte than widening to
-// fp32, for an error of at most 0.8% of a block's largest activation. Only drafts use int8
-// weights, and a draft's rounding costs acceptance, never exactness.
+// With int8 weights, x is quantized too, each row to 8 bits with one fp32 scale, and the whole
+// row's dot product is exact in int32 (vpmaddubsw + vpmaddwd, or vpdpbusd), converted to fp32
+// once per output: an error of at most 0.4% of the row's largest activation per element. The
+// integer sum is the same whatever the instructions, so int8 outputs are bitwise equal on AVX2
+// and AVX-512 builds. Only drafts use int8 weights, and a draft's rounding costs acceptance,
+// never exactness (the 0.5B Qwen draft predicted 78.3% of its target's greedy tokens this way,
+// 78.0% with the earlier 7-bit blocks of 32, 76.0% with 7 bits per row).
 //
 // Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), the bf16 tiles run at 512 bits and
-// int8 weights with K % 64 == 0 use vpdpbusd, 64 weight bytes per row per step; both keep a
-// fixed per-element order, so batch invariance holds within a build.
+// int8 weights use vpdpbusd, 64 weight bytes per row per step; both keep a fixed per-element
+// order, so batch invariance holds within a build.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -69,33 +71,6 @@ inline void prefetch_ahead(const W* p, int64_t next) {
 // Where the next block's row lies from this one (see matmul): the next row of the same run, or
 // R rows on where a task holds one block (runs of one row).
 inline int64_t next_block(int64_t S, int64_t K) { return S == 1 ? R * K : K; }
-
-// Rows [m0, m0 + MT) of x against weight rows n, n + S, ..., n + (RR - 1) S (`matmul` says
-// why they are S apart): out[m, n + r S] = dot(x[m], w[n + r S]).
-// Each weight vector is widened to fp32 in registers and used for MT FMAs; MT * RR independent
-// accumulators hide the FMA latency (RR = 4 for one or two rows of x, 2 for up to six).
-template <int MT, int RR, typename W>
-inline void tile(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t m0,
-                 int64_t n, int64_t S) {
-  __m256 acc[MT][RR];
-  for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 wv[RR];
-    for (int r = 0; r < RR; ++r) wv[r] = load8(w + (n + r * S) * K + k);
-    for (int i = 0; i < MT; ++i) {
-      __m256 xv = _mm256_loadu_ps(x + (m0 + i) * K + k);
-      for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
-    }
-  }
-  for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) {
-      float s = hsum(acc[i][r]);
-      for (int64_t t = k; t < K; ++t) s += x[(m0 + i) * K + t] * to_float(w[(n + r * S) * K + t]);
-      out[(m0 + i) * N + n + r * S] = s;
-    }
-}
 
 // bf16, 16 weights per step, split by parity with no shuffles: the 32-bit lane holding the pair
 // (w[2j], w[2j + 1]) is w[2j + 1] in fp32 once its low half is cleared, and the same load two
@@ -148,47 +123,57 @@ inline void tile16(const float* xp, const c10::BFloat16* w, float* out, int64_t 
     }
 }
 
-// x quantized per row in blocks of 32 to 7 bits (`xq` [M, K] in [-63, 63], scales `xs`
-// [M, K / 32]) against int8 weight rows. vpmaddubsw multiplies unsigned by signed bytes: the
-// weights go in with their sign bit flipped (w + 128, unsigned) against x as it is, and x's seven
-// bits keep a pair's sum (at most 2 * 255 * 63) from saturating. Each block's dot product is
-// exact in int32, then scaled and summed in fp32 in block order; the 128 * sum(x) the flip adds
-// is the same for every weight row and comes off once per x row (`xc`, see quantize_q7). Against
-// 8-bit x and |w| * (x * sign(w)) (one vpsignb more per x row and weight row), five x rows ran
-// 1.3 times faster in L1 on Zen 3.
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+}
+
+// sum of (w + offset) x over k in [k0, K): what a tile's vector steps leave over.
+inline int32_t tail_q8(const int8_t* x, const int8_t* w, int64_t k0, int64_t K, int32_t offset) {
+  int32_t s = 0;
+  for (int64_t k = k0; k < K; ++k) s += (static_cast<int32_t>(w[k]) + offset) * x[k];
+  return s;
+}
+
+// x quantized per row to 8 bits (`xq` [M, K] in [-127, 127], scales `xs` [M]) against int8
+// weight rows (AVX2). vpmaddubsw multiplies unsigned by signed bytes and adds pairs in int16: it
+// takes |x| against w with x's sign (vpsignb), whose pairs (at most 2 * 127 * 127) cannot
+// saturate. The row's dot product accumulates exactly in int32: four instructions per x row and
+// 32 weight bytes, as the earlier blocks of 32 took for 7-bit x (the two that converted and
+// scaled each block's sum now go once per output; vpsignb and the int32 add are the cost of 8
+// bits).
 template <int MT, int RR>
-inline void tile_q8(const int8_t* xq, const float* xs, const float* xc, const int8_t* w,
-                    float* out, int64_t K, int64_t N, int64_t m0, int64_t n, int64_t S) {
-  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  const int64_t KB = K / 32;
-  __m256 acc[MT][RR];
+inline void tile_q8(const int8_t* xq, const float* xs, const int8_t* w, float* out, int64_t K,
+                    int64_t N, int64_t m0, int64_t n, int64_t S) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t K32 = K / 32 * 32;
+  __m256i acc[MT][RR];
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_ps();
-  for (int64_t kb = 0; kb < KB; ++kb) {
-    __m256i wu[RR];
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < K32; k += 32) {
+    __m256i wv[RR];
     for (int r = 0; r < RR; ++r) {
-      const int8_t* row = w + (n + r * S) * K + kb * 32;
-      wu[r] = _mm256_xor_si256(flip, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)));
+      const int8_t* row = w + (n + r * S) * K + k;
+      wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
       prefetch(row + kAhead);
     }
     for (int i = 0; i < MT; ++i) {
       const __m256i xv =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + kb * 32));
-      const __m256 sx = _mm256_set1_ps(xs[(m0 + i) * KB + kb]);
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (m0 + i) * K + k));
+      const __m256i xa = _mm256_abs_epi8(xv);
       for (int r = 0; r < RR; ++r) {
-        const __m256i dots = _mm256_madd_epi16(_mm256_maddubs_epi16(wu[r], xv), ones);
-        acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), sx, acc[i][r]);
+        const __m256i pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[r], xv));
+        acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(pairs, ones));
       }
     }
   }
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) out[(m0 + i) * N + n + r * S] = hsum(acc[i][r]) - xc[m0 + i];
-}
-
-// One int8 weight row against quantized x, for the N % R rows left over; same arithmetic.
-inline void single_q8(const int8_t* xq, const float* xs, const float* xc, const int8_t* w,
-                      float* out, int64_t K, int64_t N, int64_t M, int64_t n) {
-  for (int64_t m = 0; m < M; ++m) tile_q8<1, 1>(xq, xs, xc, w, out, K, N, m, n, 1);
+    for (int r = 0; r < RR; ++r) {
+      const int64_t m = m0 + i;
+      const int32_t dot = hsum_epi32(acc[i][r]) + tail_q8(xq + m * K, w + (n + r * S) * K, K32, K, 0);
+      out[m * N + n + r * S] = static_cast<float>(dot) * xs[m];
+    }
 }
 
 #if SSD_AVX512
@@ -227,44 +212,47 @@ inline void tile32(const float* xp, const c10::BFloat16* w, float* out, int64_t 
     }
 }
 
-// AVX-512 VNNI: the blocked product of tile_q8, two blocks of 32 per step (K % 64 == 0), each block's
-// dot product exact in int32. vpdpbusd multiplies unsigned by signed bytes, so x goes in offset
-// by 128 (`xu` = xq + 128) against w as it is, starting from -128 * (sum of w) per lane: one
-// instruction per x row and weight row. `xs16` holds each pair of x blocks' scales as 8 copies
-// of the first then 8 of the second, matching the int32 lanes (four bytes each).
+// AVX-512 VNNI: tile_q8's product, 64 weight bytes per row per step, one instruction per x row
+// and weight vector: vpdpbusd multiplies unsigned by signed bytes and adds each four products to
+// an int32 lane (no int16 step to saturate), so w goes in with its sign bit flipped (w + 128)
+// against x, and the 128 * sum(x) that adds to every output of a row comes off at the end
+// (`xc`). The same integers as tile_q8, so the same outputs. Against the 7-bit blocks of 32
+// (which also converted and scaled every block's sum: three instructions), `python
+// benchmarks/kernel_ab.py --int8 --threads 1 --together` at four and five x rows: [4864, 896]
+// 1.03-1.04 x, [896, 4864] 1.04-1.24 x.
 template <int MT, int RR>
-inline void tile_vnni(const uint8_t* xu, const float* xs16, const int8_t* w, float* out,
-                      int64_t K, int64_t N, int64_t m0, int64_t n, int64_t S) {
-  const int64_t KB = K / 64;
-  const __m512i zero = _mm512_setzero_si512(), offset = _mm512_set1_epi8(static_cast<char>(128));
-  __m512 acc[MT][RR];
+inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, const int8_t* w,
+                      float* out, int64_t K, int64_t N, int64_t m0, int64_t n, int64_t S) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t K64 = K / 64 * 64;
+  __m512i acc[MT][RR];
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_ps();
-  for (int64_t kb = 0; kb < KB; ++kb) {
-    __m512i wv[RR], base[RR];
+    for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K64; k += 64) {
+    __m512i wu[RR];
     for (int r = 0; r < RR; ++r) {
-      wv[r] = _mm512_loadu_si512(w + (n + r * S) * K + kb * 64);
-      prefetch_ahead(w + (n + r * S) * K + kb * 64, next_block(S, K));
-      base[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv[r]));
+      const int8_t* row = w + (n + r * S) * K + k;
+      wu[r] = _mm512_xor_si512(flip, _mm512_loadu_si512(row));
+      prefetch_ahead(row, next_block(S, K));
     }
     for (int i = 0; i < MT; ++i) {
-      const __m512i xv = _mm512_loadu_si512(xu + (m0 + i) * K + kb * 64);
-      const __m512 sx = _mm512_loadu_ps(xs16 + ((m0 + i) * KB + kb) * 16);
-      for (int r = 0; r < RR; ++r) {
-        const __m512i dots = _mm512_dpbusd_epi32(base[r], xv, wv[r]);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), sx, acc[i][r]);
-      }
+      const __m512i xv = _mm512_loadu_si512(xq + (m0 + i) * K + k);
+      for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_dpbusd_epi32(acc[i][r], wu[r], xv);
     }
   }
   for (int i = 0; i < MT; ++i)
-    for (int r = 0; r < RR; ++r) out[(m0 + i) * N + n + r * S] = _mm512_reduce_add_ps(acc[i][r]);
+    for (int r = 0; r < RR; ++r) {
+      const int64_t m = m0 + i;
+      const int32_t dot = _mm512_reduce_add_epi32(acc[i][r]) +
+                          tail_q8(xq + m * K, w + (n + r * S) * K, K64, K, 128) - xc[m];
+      out[m * N + n + r * S] = static_cast<float>(dot) * xs[m];
+    }
 }
 #endif
 
-// One weight row at a time, for the N % R rows left over; same arithmetic per element.
-template <typename W>
-inline void single(const float* x, const W* w, float* out, int64_t K, int64_t N, int64_t M,
-                   int64_t n) {
+// One bf16 weight row at a time (AVX2), for the N % R rows left over; same arithmetic per element.
+inline void single(const float* x, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
+                   int64_t M, int64_t n) {
   for (int64_t m = 0; m < M; ++m) {
     __m256 acc = _mm256_setzero_ps();
     int64_t k = 0;
@@ -343,49 +331,52 @@ void matmul(int64_t M, const std::vector<int64_t>& Ns, const Tile& tile, const S
     for (int64_t n = Ns[p] / R * R; n < Ns[p]; ++n) single(p, n);
 }
 
-// x [M, K] -> 7-bit blocks of 32 (`q` in [-63, 63]), their scales (amax / 63; an all-zero
-// block gets scale 0) and, per row, `c` = 128 * sum over blocks of scale * sum(q): what flipping
-// the weights' sign bits adds to a row's products in tile_q8. Eight lanes at a time (the scalar
-// loop was most of a 59 us call at four x rows of 4864, 28 us now); the same operations (max,
-// multiply, round to nearest even, integer sum), so the same bits.
-void quantize_q7(const float* x, int64_t M, int64_t K, std::vector<int8_t>& q,
-                 std::vector<float>& s, std::vector<float>& c) {
-  const int64_t KB = K / 32;
+// x [M, K] -> 8 bits per row (`q` in [-127, 127]), the row's scale (amax / 127; an all-zero
+// row gets scale 0) and `c` = 128 * sum(q): what flipping the weights' sign bits adds to each of
+// the row's products (tile_vnni). Eight lanes at a time, tails one by one, with the same
+// operations (max, multiply, round to nearest even).
+void quantize_q8(const float* x, int64_t M, int64_t K, std::vector<int8_t>& q,
+                 std::vector<float>& s, std::vector<int32_t>& c) {
+  const int64_t K8 = K / 8 * 8;
   q.resize(M * K);
-  s.resize(M * KB);
-  c.assign(M, 0.f);
+  s.resize(M);
+  c.resize(M);
   const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t kb = 0; kb < KB; ++kb) {
-      const float* src = x + m * K + kb * 32;
-      __m256 v[4], most = _mm256_setzero_ps();
-      for (int j = 0; j < 4; ++j) {
-        v[j] = _mm256_loadu_ps(src + 8 * j);
-        most = _mm256_max_ps(_mm256_and_ps(magnitude, v[j]), most);
-      }
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-      const __m256 inv = _mm256_set1_ps(amax > 0.f ? 63.f / amax : 0.f);
-      __m256i r[4], total = _mm256_setzero_si256();
-      for (int j = 0; j < 4; ++j) {
-        const __m256 scaled = _mm256_mul_ps(v[j], inv);
-        r[j] = _mm256_cvtps_epi32(
-            _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        total = _mm256_add_epi32(total, r[j]);
-      }
-      // int32 -> int8 (|v| <= 63): the packs interleave 128-bit lanes, the permute restores k order
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * K;
+    int8_t* dst = q.data() + m * K;
+    __m256 most = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8)
+      most = _mm256_max_ps(_mm256_and_ps(magnitude, _mm256_loadu_ps(src + k)), most);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    for (int64_t k = K8; k < K; ++k) amax = std::max(amax, std::fabs(src[k]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const __m256 inv8 = _mm256_set1_ps(inv);
+    const auto rounded = [&](int64_t k) {
+      return _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(src + k), inv8),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    };
+    __m256i total = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j) total = _mm256_add_epi32(total, r[j] = rounded(k + 8 * j));
+      // int32 -> int8 (|v| <= 127): the packs interleave 128-bit lanes, the permute restores order
       const __m256i bytes = _mm256_permutevar8x32_epi32(
           _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3])), order);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.data() + m * K + kb * 32), bytes);
-      alignas(32) int32_t lanes[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
-      int sum = 0;
-      for (const int32_t l : lanes) sum += l;
-      s[m * KB + kb] = amax / 63.f;
-      c[m] += 128.f * s[m * KB + kb] * static_cast<float>(sum);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), bytes);
     }
+    int32_t sum = hsum_epi32(total);
+    for (; k < K; ++k) {
+      dst[k] = static_cast<int8_t>(std::nearbyint(src[k] * inv));
+      sum += dst[k];
+    }
+    s[m] = amax / 127.f;
+    c[m] = 128 * sum;
+  }
 }
 
 // x [M, K] with each full block of 16 split by parity as `tile16` reads it: elements 0, 2, ...,
@@ -484,47 +475,27 @@ void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts
   }
   std::vector<const int8_t*> wps;
   for (const Projection& part : parts) wps.push_back(part.w.data_ptr<int8_t>());
-  if (K % 32 == 0) {
-    std::vector<int8_t> xq;
-    std::vector<float> xs, xc;
-    quantize_q7(xf, M, K, xq, xs, xc);
+  std::vector<int8_t> xq;
+  std::vector<float> xs;
+  std::vector<int32_t> xc;
+  quantize_q8(xf, M, K, xq, xs, xc);
 #if SSD_AVX512
-    if (K % 64 == 0) {
-      const int64_t KB = K / 64;
-      std::vector<uint8_t> xu(M * K);
-      for (int64_t j = 0; j < M * K; ++j) xu[j] = static_cast<uint8_t>(xq[j] + 128);
-      std::vector<float> xs16(M * KB * 16);
-      for (int64_t j = 0; j < M * KB; ++j)
-        for (int l = 0; l < 16; ++l) xs16[j * 16 + l] = xs[j * 2 + l / 8];
-      matmul<true>(
-          M, Ns,
-          [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-            tile_vnni<decltype(MT)::value, decltype(RR)::value>(xu.data(), xs16.data(), wps[p],
-                                                                os[p], K, Ns[p], m0, n, S);
-          },
-          [&](int64_t p, int64_t n) {
-            for (int64_t m = 0; m < M; ++m)
-              tile_vnni<1, 1>(xu.data(), xs16.data(), wps[p], os[p], K, Ns[p], m, n, 1);
-          });
-    } else
+  const auto product = [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+    tile_vnni<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs.data(), xc.data(), wps[p],
+                                                        os[p], K, Ns[p], m0, n, S);
+  };
+  constexpr bool wide = true;
+#else
+  const auto product = [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
+    tile_q8<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs.data(), wps[p], os[p], K,
+                                                      Ns[p], m0, n, S);
+  };
+  constexpr bool wide = false;
 #endif
-      matmul(
-          M, Ns,
-          [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-            tile_q8<decltype(MT)::value, decltype(RR)::value>(xq.data(), xs.data(), xc.data(),
-                                                              wps[p], os[p], K, Ns[p], m0, n, S);
-          },
-          [&](int64_t p, int64_t n) {
-            single_q8(xq.data(), xs.data(), xc.data(), wps[p], os[p], K, Ns[p], M, n);
-          });
-  } else {
-    matmul(
-        M, Ns,
-        [&](int64_t p, auto MT, auto RR, int64_t m0, int64_t n, int64_t S) {
-          tile<decltype(MT)::value, decltype(RR)::value>(xf, wps[p], os[p], K, Ns[p], m0, n, S);
-        },
-        [&](int64_t p, int64_t n) { single(xf, wps[p], os[p], K, Ns[p], M, n); });
-  }
+  matmul<wide>(M, Ns, product, [&](int64_t p, int64_t n) {
+    for (int64_t m = 0; m < M; ++m)
+      product(p, std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, m, n, 1);
+  });
   for (int64_t p = 0; p < P; ++p) {
     const at::Tensor sc = parts[p].scale->to(at::kFloat).contiguous();
     const float* sp = sc.data_ptr<float>();
