@@ -5,7 +5,14 @@ import torch
 
 from ssd import SamplingParams
 from ssd import random as rnd
-from ssd.sampling import SamplingTensors, probs_from_logits, saguaro_q, sample, verify_chain
+from ssd.sampling import (
+    SamplingTensors,
+    greedy_chain,
+    probs_from_logits,
+    saguaro_q,
+    sample,
+    verify_chain,
+)
 
 B, K, V = 2048, 4, 50
 
@@ -100,3 +107,26 @@ def test_saguaro_scales_exactly_the_top_f_tokens():
     assert torch.equal(saguaro_q(q, 2, 1.0), q / q.sum())
     one_hot = torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
     assert torch.equal(saguaro_q(one_hot, 3, 0.2), one_hot)  # greedy drafts are unchanged
+
+
+@pytest.mark.parametrize("point_masses", [True, False])
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_greedy_chain_is_verify_chain_on_greedy_rows(point_masses, top_k):
+    """The greedy shortcut (argmax of the logits only) against the full verifier on one-hot
+    rows: the same outcome for every row, whatever q the drafts came from and with ties."""
+    g = torch.Generator().manual_seed(top_k)
+    logits = torch.randint(0, 4, (B, K + 1, V), generator=g).to(torch.bfloat16)  # many ties
+    best = logits.float().argmax(-1)
+    # drafts agreeing with the argmax for a random number of positions, then anything
+    agree = torch.arange(K) < torch.randint(0, K + 1, (B, 1), generator=g)
+    tokens = torch.where(agree, best[:, :-1], torch.randint(0, V, (B, K), generator=g))
+    q = None
+    if not point_masses:  # any proposal with mass on each drafted token
+        q = torch.softmax(torch.randn(B, K, V, generator=g), -1)
+    st = SamplingTensors.from_params(SamplingParams(temperature=0.0, top_k=top_k), batch=B)
+    keys = rnd.split(rnd.key(3), B)
+    full = verify_chain(probs_from_logits(logits, st), q, tokens, keys, None, greedy=False)
+    fast = greedy_chain(logits, tokens)
+    assert torch.equal(fast.num_accepted, full.num_accepted)
+    assert torch.equal(fast.next_token, full.next_token)
+    assert set(full.num_accepted.tolist()) == set(range(K + 1))  # every outcome was exercised

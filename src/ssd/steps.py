@@ -30,6 +30,7 @@ from ssd.sampling import (
     SamplingTensors,
     Verification,
     draw,
+    greedy_chain,
     probs_from_logits,
     saguaro_q,
     sample,
@@ -159,6 +160,8 @@ def verify_step(
     """Target forward over [r, s_1..s_K] (tokens [B, K+1]) and exact chain verification against
     the proposal rows q [B, K, V] (point-mass rows where `point_mass` [B] is set)."""
     logits, kv = forward_unchecked(params, cfg, kv, tokens, meta)
+    if st.greedy:
+        return kv, greedy_chain(logits, tokens[:, 1:])
     p = probs_from_logits(logits, st)
     verify_keys = rnd.fold_in(rnd.fold_in(keys, VERIFY), meta.positions[:, 0])
     return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass, st.greedy)
