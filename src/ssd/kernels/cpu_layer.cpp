@@ -14,10 +14,32 @@
 #include <vector>
 
 #include "kernels.h"
+#include "simd.h"
 
 namespace {
 
 inline float bf(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+// The elementwise loops eight lanes at a time (`f` on __m256), the tail one by one (`g` on
+// float), each element alone, so a row's values never depend on the others: at a draft's four
+// rows the scalar loops (bf16 rounding, silu's exp) took 7% of a tree step.
+template <typename F, typename G>
+inline void lanes(int64_t n, const F& f, const G& g) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) f(i);
+  for (; i < n; ++i) g(i);
+}
+
+// v[i] = bf(v[i] + add[i])
+void add_round(float* v, const float* add, int64_t n) {
+  lanes(
+      n,
+      [&](int64_t i) {
+        _mm256_storeu_ps(v + i, ssd_simd::round_bf16(
+                                    _mm256_add_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(add + i))));
+      },
+      [&](int64_t i) { v[i] = bf(v[i] + add[i]); });
+}
 
 constexpr int64_t kRows = 16;  // rows per task of the elementwise loops: decoding runs them inline
 
@@ -29,7 +51,15 @@ void rms_norm(const float* x, const float* weight, int64_t T, int64_t n, float e
       float ss = 0.f;
       for (int64_t j = 0; j < n; ++j) ss += row[j] * row[j];
       const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-      for (int64_t j = 0; j < n; ++j) out[t * n + j] = bf(weight[j] * bf(row[j] * r));
+      const __m256 r8 = _mm256_set1_ps(r);
+      float* o = out + t * n;
+      lanes(
+          n,
+          [&](int64_t j) {
+            const __m256 normed = ssd_simd::round_bf16(_mm256_mul_ps(_mm256_loadu_ps(row + j), r8));
+            _mm256_storeu_ps(o + j, ssd_simd::round_bf16(_mm256_mul_ps(_mm256_loadu_ps(weight + j), normed)));
+          },
+          [&](int64_t j) { o[j] = bf(weight[j] * bf(row[j] * r)); });
     }
   });
 }
@@ -48,8 +78,13 @@ void project(const std::vector<float>& x, int64_t T, const std::vector<Out>& out
     parts.push_back({o.w, o.scale, o.bias, o.out.data()});
   }
   ssd_kernels::linear_f32(x.data(), T, parts);
-  for (const Out& o : outs)
-    for (float& v : o.out) v = bf(v);
+  for (const Out& o : outs) {
+    float* v = o.out.data();
+    lanes(
+        static_cast<int64_t>(o.out.size()),
+        [&](int64_t i) { _mm256_storeu_ps(v + i, ssd_simd::round_bf16(_mm256_loadu_ps(v + i))); },
+        [&](int64_t i) { v[i] = bf(v[i]); });
+  }
 }
 
 // Rotate-half RoPE on heads [T, H, D] with cos/sin [T, D], each product and the sum in bf16.
@@ -121,18 +156,30 @@ void layer(std::vector<float>& x, const float* attn_norm, const float* mlp_norm,
 
   std::vector<float> o;
   project(a, T, {{w[4], opt(7), opt(3), o}});
-  for (int64_t i = 0; i < T * hid; ++i) x[i] = bf(x[i] + o[i]);
+  add_round(x.data(), o.data(), T * hid);
 
   std::vector<float> g, u, d;
   rms_norm(x.data(), mlp_norm, T, hid, s.eps, h.data());
   project(h, T, {{w[6], opt(8), c10::nullopt, g}, {w[7], opt(9), c10::nullopt, u}});
   const int64_t inter = w[6].size(0);
   at::parallel_for(0, T, kRows, [&](int64_t t0, int64_t t1) {
-    for (int64_t i = t0 * inter; i < t1 * inter; ++i)
-      g[i] = bf(bf(g[i] / (1.f + std::exp(-g[i]))) * u[i]);  // silu(gate) * up
+    // silu(gate) * up
+    lanes(
+        (t1 - t0) * inter,
+        [&](int64_t j) {
+          const int64_t i = t0 * inter + j;
+          const __m256 gv = _mm256_loadu_ps(g.data() + i);
+          const __m256 e = ssd_simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+          const __m256 silu = ssd_simd::round_bf16(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+          _mm256_storeu_ps(g.data() + i, ssd_simd::round_bf16(_mm256_mul_ps(silu, _mm256_loadu_ps(u.data() + i))));
+        },
+        [&](int64_t j) {
+          const int64_t i = t0 * inter + j;
+          g[i] = bf(bf(g[i] / (1.f + std::exp(-g[i]))) * u[i]);
+        });
   });
   project(g, T, {{w[8], opt(10), c10::nullopt, d}});
-  for (int64_t i = 0; i < T * hid; ++i) x[i] = bf(x[i] + d[i]);
+  add_round(x.data(), d.data(), T * hid);
 }
 
 // Every decoder layer of a forward in one call: the weights of `layer` stacked [L, ...], the
