@@ -125,7 +125,7 @@ def test_greedy_chain_is_verify_chain_on_greedy_rows(point_masses, top_k):
         q = torch.softmax(torch.randn(B, K, V, generator=g), -1)
     st = SamplingTensors.from_params(SamplingParams(temperature=0.0, top_k=top_k), batch=B)
     keys = rnd.split(rnd.key(3), B)
-    full = verify_chain(probs_from_logits(logits, st), q, tokens, keys, None, greedy=False)
+    full = verify_chain(probs_from_logits(logits, st), q, tokens, keys, None)
     fast = greedy_chain(logits, tokens)
     assert torch.equal(fast.num_accepted, full.num_accepted)
     assert torch.equal(fast.next_token, full.next_token)

@@ -232,15 +232,14 @@ def verify_chain(
     tokens: Int[Tensor, "B K"],
     key: Int[Tensor, "B 2"],
     point_mass: Bool[Tensor, " B"] | None = None,
-    greedy: bool = False,
 ) -> Verification:
     """Batched exact verification of K drafted tokens per row.
 
     p [B, K+1, V]: target distributions after [r, s_1..s_K]; q [B, K, V]: the distributions the
     drafts were sampled from (None, or rows flagged in `point_mass`, for deterministic
     proposals); tokens [B, K]; key [B, 2]. Accept s_{i+1} while u_i < min(1, p_i/q_i); at the
-    first rejection draw from the residual, else draw the bonus token from p_K. `greedy`
-    (static) promises one-hot p rows and skips the noise.
+    first rejection draw from the residual, else draw the bonus token from p_K (an all-greedy
+    batch needs only the argmax: `greedy_chain`).
     """
     check_verify_inputs(p, q, tokens, key, point_mass)
     b, k1, vocab = p.shape
@@ -252,7 +251,7 @@ def verify_chain(
     at_n = n.reshape(b, 1, 1).expand(b, 1, vocab)
     q_ext = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # q_K = 0: residual(p_K, 0) = p_K
     dist = residual(p.gather(1, at_n).squeeze(1), q_ext.gather(1, at_n).squeeze(1), normalize=False)
-    return Verification(num_accepted=n, next_token=draw(dist, keys[:, 1], greedy))
+    return Verification(num_accepted=n, next_token=sample(dist, keys[:, 1]))
 
 
 def greedy_chain(logits: Float[Tensor, "B K1 V"], tokens: Int[Tensor, "B K"]) -> Verification:

@@ -164,7 +164,7 @@ def verify_step(
         return kv, greedy_chain(logits, tokens[:, 1:])
     p = probs_from_logits(logits, st)
     verify_keys = rnd.fold_in(rnd.fold_in(keys, VERIFY), meta.positions[:, 0])
-    return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass, st.greedy)
+    return kv, verify_chain(p, q, tokens[:, 1:], verify_keys, point_mass)
 
 
 def glue_step(

@@ -35,8 +35,8 @@ void add_round(float* v, const float* add, int64_t n) {
   lanes(
       n,
       [&](int64_t i) {
-        _mm256_storeu_ps(v + i, ssd_simd::round_bf16(
-                                    _mm256_add_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(add + i))));
+        const __m256 sum = _mm256_add_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(add + i));
+        _mm256_storeu_ps(v + i, ssd_simd::round_bf16(sum));
       },
       [&](int64_t i) { v[i] = bf(v[i] + add[i]); });
 }
@@ -56,8 +56,10 @@ void rms_norm(const float* x, const float* weight, int64_t T, int64_t n, float e
       lanes(
           n,
           [&](int64_t j) {
-            const __m256 normed = ssd_simd::round_bf16(_mm256_mul_ps(_mm256_loadu_ps(row + j), r8));
-            _mm256_storeu_ps(o + j, ssd_simd::round_bf16(_mm256_mul_ps(_mm256_loadu_ps(weight + j), normed)));
+            const __m256 normed =
+                ssd_simd::round_bf16(_mm256_mul_ps(_mm256_loadu_ps(row + j), r8));
+            const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(weight + j), normed);
+            _mm256_storeu_ps(o + j, ssd_simd::round_bf16(scaled));
           },
           [&](int64_t j) { o[j] = bf(weight[j] * bf(row[j] * r)); });
     }
@@ -170,8 +172,10 @@ void layer(std::vector<float>& x, const float* attn_norm, const float* mlp_norm,
           const int64_t i = t0 * inter + j;
           const __m256 gv = _mm256_loadu_ps(g.data() + i);
           const __m256 e = ssd_simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-          const __m256 silu = ssd_simd::round_bf16(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
-          _mm256_storeu_ps(g.data() + i, ssd_simd::round_bf16(_mm256_mul_ps(silu, _mm256_loadu_ps(u.data() + i))));
+          const __m256 silu =
+              ssd_simd::round_bf16(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+          const __m256 gated = _mm256_mul_ps(silu, _mm256_loadu_ps(u.data() + i));
+          _mm256_storeu_ps(g.data() + i, ssd_simd::round_bf16(gated));
         },
         [&](int64_t j) {
           const int64_t i = t0 * inter + j;
