@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ssd import kernels
 from ssd import random as rnd
 from ssd.config import SamplingParams
 from ssd.pytree import pytree_dataclass, static
@@ -23,9 +24,10 @@ from ssd.pytree import pytree_dataclass, static
 class SamplingTensors:
     """Per-row sampling parameters as tensors of shape [B] (see :class:`SamplingParams`).
 
-    Two static flags specialize the compiled code for the batch: `filtered` (some row uses
-    top-k, top-p or min-p: the transform must sort) and `greedy` (every row has temperature 0:
-    draws are argmaxes, no noise). Both only skip work; results are the same either way.
+    Three static flags specialize the compiled code for the batch: `filtered` (some row uses
+    top-k, top-p or min-p: the transform must sort), `greedy` (every row has temperature 0:
+    draws are argmaxes, no noise) and `some_greedy` (some row has: the transform builds one-hot
+    rows). They only skip work; results are the same either way.
     """
 
     temperature: Tensor
@@ -34,6 +36,7 @@ class SamplingTensors:
     min_p: Tensor
     filtered: bool = static(default=True)
     greedy: bool = static(default=False)
+    some_greedy: bool = static(default=True)
 
     @staticmethod
     def from_params(
@@ -54,6 +57,7 @@ class SamplingTensors:
             min_p=col("min_p", torch.float64),
             filtered=any(r.top_k > 0 or r.top_p < 1 or r.min_p > 0 for r in rows),
             greedy=all(r.temperature == 0 for r in rows),
+            some_greedy=any(r.temperature == 0 for r in rows),
         )
 
     def repeat_rows(self, n: int) -> SamplingTensors:
@@ -65,6 +69,7 @@ class SamplingTensors:
             min_p=self.min_p.repeat_interleave(n),
             filtered=self.filtered,
             greedy=self.greedy,
+            some_greedy=self.some_greedy,
         )
 
 
@@ -97,6 +102,8 @@ def probs_from_logits(
     if st.filtered:
         z = z.masked_fill(~_kept(z, st), float("-inf"))
     probs = torch.softmax(z, dim=-1)
+    if not st.some_greedy:
+        return probs
     one_hot = torch.zeros_like(probs).scatter(-1, z.argmax(-1, keepdim=True), 1.0)
     return torch.where(greedy, one_hot, probs)
 
@@ -136,6 +143,9 @@ def sample(probs: Float[Tensor, "*rows V"], key: Int[Tensor, "*rows 2"]) -> Int[
             f"sample needs one key per distribution: probs {tuple(probs.shape)} vs keys "
             f"{tuple(key.shape)} (expected {(*probs.shape[:-1], 2)})"
         )
+    if kernels.native_on(probs) and probs.dtype in (torch.float32, torch.float64):
+        rows = probs.reshape(-1, probs.shape[-1])
+        return torch.ops.ssd_cpu.exponential_race(rows, key.reshape(-1, 2)).view(probs.shape[:-1])
     noise = rnd.exponential(key, (probs.shape[-1],), dtype=torch.float64)
     return (probs.to(torch.float64) / noise).argmax(-1)
 
@@ -204,11 +214,7 @@ def acceptance_probs(
     p: Float[Tensor, "B K1 V"], q: Float[Tensor, "B K V"], tokens: Int[Tensor, "B K"]
 ) -> Float[Tensor, "B K"]:
     """min(1, p_i(s_i) / q_i(s_i)) for the K drafted tokens: [B, K]."""
-    k = tokens.shape[1]
-    px = p[:, :k].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    qx = q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    ratio = torch.where(qx > 0, px / torch.where(qx > 0, qx, 1), (px > 0).to(p.dtype))
-    return ratio.clamp(max=1)
+    return _ratio(_at(p[:, : tokens.shape[1]], tokens), _at(q, tokens))
 
 
 def residual(
@@ -243,15 +249,40 @@ def verify_chain(
     """
     check_verify_inputs(p, q, tokens, key, point_mass)
     b, k1, vocab = p.shape
-    q = proposal_rows(q, tokens, point_mass, vocab).to(p.dtype)
+    k = k1 - 1
+    point = torch.ones(b, dtype=torch.bool, device=p.device) if q is None else point_mass
+    # q only where it is read (the K drafted tokens, then the row at the first rejection), so
+    # that no [B, K, V] one-hot or copy is built: the same values as `proposal_rows` gives.
+    qx = torch.ones_like(tokens, dtype=p.dtype) if q is None else _at(q, tokens).to(p.dtype)
+    if point is not None:
+        qx = torch.where(point[:, None], 1.0, qx)
     keys = rnd.split(key, 2)
-    u = rnd.uniform(keys[:, 0], (k1 - 1,), dtype=p.dtype)
-    accepted = u < acceptance_probs(p, q, tokens)
+    u = rnd.uniform(keys[:, 0], (k,), dtype=p.dtype)
+    accepted = u < _ratio(_at(p[:, :k], tokens), qx)
     n = accepted.to(torch.int64).cumprod(-1).sum(-1)
-    at_n = n.reshape(b, 1, 1).expand(b, 1, vocab)
-    q_ext = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # q_K = 0: residual(p_K, 0) = p_K
-    dist = residual(p.gather(1, at_n).squeeze(1), q_ext.gather(1, at_n).squeeze(1), normalize=False)
+    q_n = torch.zeros_like(p[:, 0])  # q_K = 0: residual(p_K, 0) = p_K
+    if k > 0:
+        depth = n.clamp(max=k - 1)
+        if q is not None:
+            q_n = q.gather(1, depth.reshape(b, 1, 1).expand(b, 1, vocab)).squeeze(1).to(p.dtype)
+        if point is not None:
+            one_hot = torch.zeros_like(q_n).scatter(-1, tokens.gather(1, depth[:, None]), 1.0)
+            q_n = torch.where(point[:, None], one_hot, q_n)
+        q_n = torch.where((n < k)[:, None], q_n, 0.0)
+    p_n = p.gather(1, n.reshape(b, 1, 1).expand(b, 1, vocab)).squeeze(1)
+    dist = residual(p_n, q_n, normalize=False)
     return Verification(num_accepted=n, next_token=sample(dist, keys[:, 1]))
+
+
+def _at(x: Tensor, tokens: Tensor) -> Tensor:
+    """x[b, i, tokens[b, i]] for x [B, K, V] and tokens [B, K]."""
+    return x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _ratio(px: Tensor, qx: Tensor) -> Tensor:
+    """min(1, px / qx); where qx = 0 (a token q never proposes), 1 if px > 0, else 0."""
+    ratio = torch.where(qx > 0, px / torch.where(qx > 0, qx, 1), (px > 0).to(px.dtype))
+    return ratio.clamp(max=1)
 
 
 def greedy_chain(logits: Float[Tensor, "B K1 V"], tokens: Int[Tensor, "B K"]) -> Verification:

@@ -1,4 +1,4 @@
-"""The native Threefry words against the tensor-op Threefry they replace, bit for bit."""
+"""The native Threefry words and draws against the tensor ops they replace, bit for bit."""
 
 from __future__ import annotations
 
@@ -36,3 +36,41 @@ def test_native_bits_follow_a_key_with_no_batch_dims():
     c = torch.arange(12).reshape(4, 3)
     r0, r1 = rnd.threefry2x32(k, torch.zeros_like(c), c)
     assert torch.equal(w0, r0) and torch.equal(w1, r1)
+
+
+def _tensor_race(probs, keys):
+    """`ssd.sampling.sample`'s draw in tensor ops, as it runs where the kernels do not."""
+    noise = rnd.exponential(keys, (probs.shape[-1],), dtype=torch.float64)
+    return (probs.to(torch.float64) / noise).argmax(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("vocab", [1, 7, 300, 40_000, 151_936])
+def test_native_draw_is_the_tensor_race(dtype, vocab):
+    """The same token for every row: peaked and flat rows, zeros, one-hot rows, unnormalized
+    rows, several chunks of the row (40 000 and up) and one."""
+    g = torch.Generator().manual_seed(vocab)
+    rows = []
+    for scale in (0.1, 1.0, 4.0, 12.0):
+        rows.append(torch.softmax(torch.randn(vocab, generator=g) * scale, -1))
+    sparse = rows[1].clone()
+    sparse[::2] = 0
+    one_hot = torch.zeros(vocab)
+    one_hot[vocab // 2] = 1
+    rows += [sparse * 37.0, one_hot, torch.full((vocab,), 3.0)]
+    probs = torch.stack(rows).to(dtype)
+    keys = rnd.fold_in(rnd.key(torch.arange(len(rows)) + vocab), 5)
+    for trial in range(8):
+        k = rnd.fold_in(keys, trial)
+        assert torch.equal(torch.ops.ssd_cpu.exponential_race(probs, k), _tensor_race(probs, k))
+
+
+def test_native_draw_never_picks_a_zero_and_serves_sample():
+    from ssd.sampling import sample
+
+    probs = torch.zeros(3, 2, 1000)
+    probs[..., 10:20] = 0.1
+    keys = rnd.key(torch.arange(6)).reshape(3, 2, 2)
+    got = sample(probs, keys)
+    assert got.shape == (3, 2) and ((got >= 10) & (got < 20)).all()
+    assert torch.equal(got, _tensor_race(probs, keys))

@@ -9,7 +9,8 @@ is the paged attention `ssd.attention` uses on such CPUs: it reads K/V pages in 
 gathering them. `cpu_layer.cpp` runs every decoder layer of a forward in one call for bf16
 activations (`ssd.models.decoder` uses it where `fused_layers` holds), sparing the forty small ops
 of each layer and the layer itself their dispatch from Python. `cpu_random.cpp` computes
-`ssd.random.bits` (Threefry words) in one call instead of a hundred tensor ops. The extension
+`ssd.random.bits` (Threefry words) in one call instead of a hundred tensor ops, and
+`ssd.sampling.sample`'s draw in one pass over the row. The extension
 is compiled once per machine into ``$SSD_CACHE_DIR/kernels`` (about 40 s; needs a C++
 compiler). Where it cannot be built or used, everything falls back to ATen with a warning, and
 int8 weights are widened on the fly.
@@ -76,6 +77,10 @@ def _register_fake() -> None:
     @torch.library.register_fake("ssd_cpu::threefry_bits")
     def _(key: Tensor, n: int) -> tuple[Tensor, Tensor]:
         return key.new_empty((key.shape[0], n)), key.new_empty((key.shape[0], n))
+
+    @torch.library.register_fake("ssd_cpu::exponential_race")
+    def _(probs: Tensor, key: Tensor) -> Tensor:
+        return key.new_empty((key.shape[0],))
 
     @torch.library.register_fake("ssd_cpu::paged_attention")
     def _(q: Tensor, k: Tensor, v: Tensor, tables: Tensor, mask: Tensor, scale: float) -> Tensor:
