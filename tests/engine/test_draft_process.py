@@ -98,3 +98,22 @@ def test_requests_survive_a_failed_draft_process(fault, checkpoints, caplog):
     assert metrics is not None and metrics["draft_failures"] == 1
     assert "in-process draft" in caplog.text
     assert [o.token_ids for o in again] == want[:2]
+
+
+def test_the_worker_widens_to_every_core_once_the_next_message_is_sent(monkeypatch):
+    """Between draft passes the worker learns from the count the target keeps in shared memory
+    that the target waits, and takes every core for the rest of the preparation, once."""
+    import multiprocessing
+
+    from ssd.engine import remote
+
+    widened = []
+    monkeypatch.setattr(remote, "_use_cores", widened.append)
+    sent = multiprocessing.get_context("spawn").RawValue("q", 3)
+    incoming = remote._Incoming(None, sent, after=3, widen_to={0, 1})
+    incoming.poll()
+    assert widened == []  # message 4 not sent yet: the draft keeps to its own core
+    sent.value += 1
+    incoming.poll()
+    incoming.poll()
+    assert widened == [{0, 1}]

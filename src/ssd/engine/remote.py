@@ -124,8 +124,12 @@ class RemoteDrafter:
         self.timeout_s, self._first_timeout_s = timeout_s, startup_timeout_s
         store = host_store(2, startup_timeout_s)
         cores = _CoreSplit.plan() if self.device.type == "cpu" else None
-        self.proc = mp.get_context("spawn").Process(
-            target=_serve, args=(cfg, store.port, cores), daemon=True
+        ctx = mp.get_context("spawn")
+        # Messages sent so far, in shared memory: the worker reads it between draft passes to
+        # tell whether the target already waits (`_Incoming`).
+        self._sent = ctx.RawValue("q", 0)
+        self.proc = ctx.Process(
+            target=_serve, args=(cfg, store.port, cores, self._sent), daemon=True
         )
         self.proc.start()
         if problem := await_keys(store, ["worker"], [self.proc], startup_timeout_s):
@@ -161,6 +165,7 @@ class RemoteDrafter:
         timeout = self._first_timeout_s or self.timeout_s
         try:
             msg = {"cmd": "spec", "ids": [r.id for r in batch], **self._pending}
+            self._sent.value += 1
             self.chan.send_obj(msg, timeout)
             self._pending = {"admit": [], "release": [], "observe": None}
             head = self.chan.recv_obj(timeout)
@@ -186,6 +191,7 @@ class RemoteDrafter:
         self.closed = True
         if self.proc.is_alive():
             with contextlib.suppress(RuntimeError):  # it stopped listening: killed below
+                self._sent.value += 1
                 self.chan.send_obj({"cmd": "exit"}, timeout_s=5)
             self.proc.join(timeout=10)
             if self.proc.is_alive():
@@ -200,7 +206,7 @@ class RemoteDrafter:
             _CoreSplit.give_back()
 
 
-def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None) -> None:
+def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None, sent: Any) -> None:
     """The draft worker's loop: observe, release, admit, answer, then prepare the next round.
 
     `cores`: (the target's, the draft's) on CPU. The draft works on its own cores while the
@@ -222,7 +228,7 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None)
     mirrors: dict[int, Request] = {}
     drafted: dict[int, list[int]] = {}
     busy = 0.0
-    incoming = _Incoming(chan)
+    incoming = _Incoming(chan, sent)
     while (msg := incoming.read())["cmd"] != "exit":
         start = time.perf_counter()
         if msg["observe"] is not None:
@@ -258,31 +264,29 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None)
         if spec.q is not None:
             chan.send(spec.q.float().cpu().contiguous())
         drafted.update({r.id: row for r, row in zip(batch, tokens.tolist(), strict=False)})
-        incoming = _Incoming(chan, every)
+        incoming = _Incoming(chan, sent, incoming.number, every)
         drafter.prepare(batch, spec, incoming.poll if cores is not None else None)
         busy = time.perf_counter() - start
     drafter.close()  # a sharded draft's ranks
 
 
 class _Incoming:
-    """The target's next message, the receive of its length posted ahead so that `poll` can
-    tell, between draft passes, whether the target is already waiting: then the rest of the
-    preparation runs on `widen_to` (every core) too."""
+    """The target's next message (number `after` + 1). `poll`, between draft passes, sees it sent
+    in the count the target keeps in shared memory (`sent`; a posted gloo receive reports
+    completion only once waited on): the target then waits, and the rest of the preparation
+    runs on `widen_to` (every core) too."""
 
-    def __init__(self, chan: Channel, widen_to: set[int] | None = None):
-        self.chan, self.widen_to = chan, widen_to
-        self.size = torch.zeros(1, dtype=torch.int64)
-        self.work: Any = chan.pg.recv([self.size], chan.peer, 0)
+    def __init__(self, chan: Channel, sent: Any, after: int = 0, widen_to: set[int] | None = None):
+        self.chan, self.sent, self.number, self.widen_to = chan, sent, after + 1, widen_to
 
     def poll(self) -> None:
-        if self.widen_to and self.work.is_completed():
+        if self.widen_to and self.sent.value >= self.number:
             _use_cores(self.widen_to)
             self.widen_to = None
 
     def read(self) -> dict[str, Any]:
         """The message; "exit" when the target is gone (its connection closed)."""
         try:
-            self.work.wait()
-            return dict(unpickled(self.chan.recv(torch.empty(int(self.size), dtype=torch.uint8))))
+            return dict(self.chan.recv_obj())
         except RuntimeError:
             return {"cmd": "exit"}
