@@ -109,6 +109,24 @@ def test_saguaro_scales_exactly_the_top_f_tokens():
     assert torch.equal(saguaro_q(one_hot, 3, 0.2), one_hot)  # greedy drafts are unchanged
 
 
+def test_saguaro_top_f_breaks_ties_toward_lower_ids_eager_as_compiled():
+    """Eager code picks the top-f tokens with a shallow top-k, traced code with a stable sort:
+    the same tokens on rows full of ties, per-row fan-outs from 0 to past the vocabulary."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 4, (6, 2, 9), generator=g).double() + 0.1
+    q[1] = 1.0  # all tied
+    fanout = torch.tensor([0, 3, 1, 5, 9, 12])
+    eager = saguaro_q(q, fanout, 0.5)
+    compiled = torch.compile(saguaro_q, backend="eager", fullgraph=True)(q, fanout, 0.5)
+    assert torch.equal(eager, compiled)
+    ratio = eager / q  # c / sum(w) on the top-f tokens, 1 / sum(w) elsewhere
+    scaled = ratio < 0.75 * ratio.amax(-1, keepdim=True)
+    ranks = torch.sort(q, dim=-1, descending=True, stable=True).indices.argsort(-1)
+    for i, f in enumerate(fanout.tolist()):
+        assert torch.equal(scaled[i], ranks[i] < f if f < 9 else torch.zeros_like(scaled[i]))
+    assert scaled[1, :, :3].all() and not scaled[1, :, 3:].any()  # ties: the lowest ids
+
+
 @pytest.mark.parametrize("point_masses", [True, False])
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_greedy_chain_is_verify_chain_on_greedy_rows(point_masses, top_k):

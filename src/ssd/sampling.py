@@ -171,12 +171,31 @@ def saguaro_q(
         c_t = _per_row(c_t, q)
     if f_t.dim() == 1:
         f_t = _per_row(f_t, q)
-    order = torch.sort(q, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(q.shape[-1], device=q.device).expand_as(order)
-    )
-    w = torch.where(rank < f_t, c_t * q, q)
+    w = torch.where(_top(q, f_t), c_t * q, q)
     return w / w.sum(-1, keepdim=True)
+
+
+def _top(q: Tensor, f: Tensor) -> Tensor:
+    """Whether each token is among the top-f of its row (f broadcast against q), ties toward
+    lower ids. Eager code finds the f-th largest value with a top-k as deep as the largest f
+    and takes the ties at it from the left; traced code (no data-dependent depth) ranks the
+    whole row with a stable sort. Both give the same tokens."""
+    if torch.compiler.is_compiling() or f.numel() == 0:
+        order = torch.sort(q, dim=-1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(
+            -1, order, torch.arange(q.shape[-1], device=q.device).expand_as(order)
+        )
+        return rank < f
+    depth = min(int(f.max()), q.shape[-1])
+    if depth == 0:
+        return torch.zeros_like(q, dtype=torch.bool)
+    values = q.topk(depth, dim=-1).values
+    f = f.expand(*q.shape[:-1], 1)
+    at = values.gather(-1, (f - 1).clamp(min=0, max=depth - 1))  # the f-th largest value
+    above = q > at
+    ties = q == at
+    wanted = f - above.sum(-1, keepdim=True)  # ties to take, from the lowest id on
+    return (above | (ties & (ties.cumsum(-1) <= wanted))) & (f > 0)
 
 
 # --- chain verification -------------------------------------------------------------------
