@@ -39,7 +39,7 @@ def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x * inv).long(), (amax / 127.0).squeeze(-1)
 
 
-@pytest.mark.parametrize("m", [1, 4, 9])
+@pytest.mark.parametrize("m", [1, 4, 9, 20])  # 20: AMX tiles, two chunks of x rows
 @pytest.mark.parametrize("k", [128, 96, 100])  # K % 64, K % 32 and scalar tails
 @pytest.mark.parametrize("n", [50, 301])  # N % 4 tails; 301: several tasks' blocks
 def test_int8_is_the_exact_integer_product_scaled(m, k, n):
@@ -68,10 +68,10 @@ def test_int8_is_the_exact_integer_product_scaled(m, k, n):
 
 def test_int8_rows_do_not_depend_on_their_batch():
     q, scale = quantize_rows(_weights(40, 128, seed=6))
-    rows = torch.randn(7, 128, generator=torch.Generator().manual_seed(2))
-    alone = torch.cat([linear(rows[i : i + 1], q, None, scale) for i in range(7)])
-    for m in (2, 3, 7):
-        together = torch.cat([linear(rows[i : i + m], q, None, scale) for i in range(0, 7, m)])
+    rows = torch.randn(12, 128, generator=torch.Generator().manual_seed(2))
+    alone = torch.cat([linear(rows[i : i + 1], q, None, scale) for i in range(12)])
+    for m in (2, 3, 7, 12):  # 12: AMX tiles where the CPU has them
+        together = torch.cat([linear(rows[i : i + m], q, None, scale) for i in range(0, 12, m)])
         assert torch.equal(together, alone), m
 
 
@@ -94,7 +94,7 @@ def test_bf16_activations_round_like_aten():
 
 
 @pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("m", [1, 5, 17])
 def test_matrices_of_one_call_equal_each_alone_bitwise(int8, m):
     # One parallel region shares every matrix out by the largest's blocks (N % 4 tails, a
     # matrix smaller than a task's share, and one large enough to split across threads).

@@ -93,14 +93,19 @@ def build_flags() -> list[str]:
 
 
 def _avx512_flags() -> list[str]:
-    """Compiler flags for the AVX-512 BF16 and VNNI paths, where this CPU has both."""
+    """Compiler flags for the AVX-512 BF16 and VNNI paths, where this CPU has both, and for the
+    AMX int8 tiles where it has those too."""
     cpu = torch.cpu
     bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
     vnni = getattr(cpu, "_is_vnni_supported", lambda: False)()
     wanted = os.environ.get("SSD_CPU_AVX512", "1") != "0"  # benchmarks compare both builds
     if not wanted or torch.backends.cpu.get_cpu_capability() != "AVX512" or not (bf16 and vnni):
         return []
-    return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+    flags = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+    amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    if amx and os.environ.get("SSD_CPU_AMX", "1") != "0":  # benchmarks compare both builds
+        flags += ["-mamx-tile", "-mamx-int8"]
+    return flags
 
 
 _native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant

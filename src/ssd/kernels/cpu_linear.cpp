@@ -33,7 +33,12 @@
 #include "simd.h"
 
 #include <algorithm>
+#if SSD_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -247,6 +252,105 @@ inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, cons
                           tail_q8(xq + m * K, w + (n + r * S) * K, K64, K, 128) - xc[m];
       out[m * N + n + r * S] = static_cast<float>(dot) * xs[m];
     }
+}
+#endif
+
+#if SSD_AMX
+// AMX (Xeons since Sapphire Rapids): one tdpbssd multiplies 16 weight rows of 64 int8 by 16 x
+// rows of 64 int8 into int32, exactly, so a row's dot product is the same integer as tile_vnni's
+// and its output the same bits. The weights are the row tile as they lie (16 rows K apart: 16 K
+// contiguous bytes), x is packed per call into column tiles, and the product costs the same at
+// one x row or sixteen, where tile_vnni's VNNI port binds past five. The draft's matrices on
+// one thread (`python benchmarks/forward_matrices.py --model draft --rows 8,10,12,16,32`, this
+// build against SSD_CPU_AMX=0, twice): 10 rows 59-63 ms against 66-70, 12 rows 60-62 against
+// 78-81, 16 rows 64-67 against 98-100, 32 rows 100-112 against 187-193; below ten rows
+// tile_vnni is as fast or faster (4 rows 39 against 52 ms).
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Tile 0: the int32 product [16 weight rows][16 x rows]; 1: x, 16 groups of four k by 16 rows
+// (zero past the last); 2: 16 weight rows of 64 k. Every tile 16 rows of 64 bytes. A constant:
+// stores into a local config may be moved past the ldtilecfg that reads them.
+constexpr TileConfig kTiles = {1, 0, {}, {64, 64, 64}, {16, 16, 16}};
+constexpr int64_t kAmxRows = 10;  // x rows from which the AMX tiles serve a call
+
+// Linux hands a process the AMX tile registers only once asked (arch_prctl XCOMP_PERM, XTILEDATA).
+bool amx_granted() {
+  static const bool granted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return granted;
+}
+
+// xq [M, K] as column tiles: per chunk of 16 rows, per 64 k, [16 groups][16 rows][4].
+std::vector<int8_t> pack_columns(const int8_t* xq, int64_t M, int64_t K) {
+  const int64_t KB = K / 64, chunks = (M + 15) / 16;
+  std::vector<int8_t> xb(chunks * KB * 1024, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    int8_t* dst = xb.data() + m / 16 * KB * 1024 + m % 16 * 4;
+    for (int64_t g = 0; g < KB * 16; ++g)  // four k at a time: tile row g % 16 of block g / 16
+      std::memcpy(dst + g * 64, xq + m * K + g * 4, 4);
+  }
+  return xb;
+}
+
+// Weight rows [n, n + 16) against x rows [m0, m0 + 16): their integer products into c
+// [16 weight rows][16 x rows].
+inline void tile_amx_q8(const int8_t* xb, const int8_t* w, int32_t* c, int64_t K, int64_t m0,
+                        int64_t n) {
+  const int64_t KB = K / 64;
+  _tile_zero(0);
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    _tile_loadd(1, xb + (m0 / 16 * KB + kb) * 1024, 64);
+    _tile_loadd(2, w + n * K + kb * 64, K);
+    _tile_dpbssd(0, 2, 1);
+  }
+  _tile_stored(0, c, 64);
+}
+
+// As `matmul`, by groups of 16 weight rows: one parallel region, each task the same share of
+// every matrix's groups; `single(p, n)` computes the N_p % 16 rows left over. Each output is
+// its tile's integer plus the K % 64 tail, converted and scaled by x's row scale as tile_vnni
+// does, once per kBatch groups: a read of a tile store waits for it to reach the cache, and
+// reads between groups would hold up the next group's loads.
+constexpr int64_t kBatch = 32;
+
+template <typename Single>
+void matmul_amx(const int8_t* xq, const float* xs, int64_t M, int64_t K,
+                const std::vector<int64_t>& Ns, const std::vector<const int8_t*>& ws,
+                const std::vector<float*>& os, const Single& single) {
+  const std::vector<int8_t> xb = pack_columns(xq, M, K);
+  const int64_t P = static_cast<int64_t>(Ns.size()), chunks = (M + 15) / 16, K64 = K / 64 * 64;
+  int64_t most = 0;
+  for (const int64_t N : Ns) most = std::max(most, N / 16);
+  at::parallel_for(0, most, 4, [&](int64_t u0, int64_t u1) {
+    std::vector<int32_t> c(kBatch * chunks * 256);
+    _tile_loadconfig(&kTiles);
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t groups = Ns[p] / 16, g0 = u0 * groups / most, g1 = u1 * groups / most;
+      const int64_t N = Ns[p];
+      for (int64_t gb = g0; gb < g1; gb += kBatch) {
+        const int64_t ge = std::min(g1, gb + kBatch);
+        for (int64_t g = gb; g < ge; ++g)
+          for (int64_t j = 0; j < chunks; ++j)
+            tile_amx_q8(xb.data(), ws[p], c.data() + ((g - gb) * chunks + j) * 256, K, j * 16,
+                        g * 16);
+        for (int64_t g = gb; g < ge; ++g)
+          for (int64_t r = 0; r < 16; ++r) {
+            const int8_t* wr = ws[p] + (g * 16 + r) * K;
+            for (int64_t m = 0; m < M; ++m) {
+              const int32_t* cm = c.data() + ((g - gb) * chunks + m / 16) * 256;
+              const int32_t dot = cm[r * 16 + m % 16] + tail_q8(xq + m * K, wr, K64, K, 0);
+              os[p][m * N + g * 16 + r] = static_cast<float>(dot) * xs[m];
+            }
+          }
+      }
+    }
+    _tile_release();
+  });
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t n = Ns[p] / 16 * 16; n < Ns[p]; ++n) single(p, n);
 }
 #endif
 
@@ -492,10 +596,16 @@ void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts
   };
   constexpr bool wide = false;
 #endif
-  matmul<wide>(M, Ns, product, [&](int64_t p, int64_t n) {
+  const auto single = [&](int64_t p, int64_t n) {
     for (int64_t m = 0; m < M; ++m)
       product(p, std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, m, n, 1);
-  });
+  };
+#if SSD_AMX
+  if (M >= kAmxRows && K >= 64 && amx_granted())
+    matmul_amx(xq.data(), xs.data(), M, K, Ns, wps, os, single);
+  else
+#endif
+    matmul<wide>(M, Ns, product, single);
   for (int64_t p = 0; p < P; ++p) {
     const at::Tensor sc = parts[p].scale->to(at::kFloat).contiguous();
     const float* sp = sc.data_ptr<float>();

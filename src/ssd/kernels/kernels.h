@@ -12,6 +12,13 @@
 #define SSD_AVX512 0
 #endif
 
+// AMX int8 tile products (Xeons since Sapphire Rapids) where the build targets them too.
+#if SSD_AVX512 && defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#define SSD_AMX 1
+#else
+#define SSD_AMX 0
+#endif
+
 namespace ssd_kernels {
 
 // out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
