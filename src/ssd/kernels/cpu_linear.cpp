@@ -38,7 +38,6 @@
 #include <unistd.h>
 #endif
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -261,10 +260,11 @@ inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, cons
 // and its output the same bits. The weights are the row tile as they lie (16 rows K apart: 16 K
 // contiguous bytes), x is packed per call into column tiles, and the product costs the same at
 // one x row or sixteen, where tile_vnni's VNNI port binds past five. The draft's matrices on
-// one thread (`python benchmarks/forward_matrices.py --model draft --rows 8,10,12,16,32`, this
-// build against SSD_CPU_AMX=0, twice): 10 rows 59-63 ms against 66-70, 12 rows 60-62 against
-// 78-81, 16 rows 64-67 against 98-100, 32 rows 100-112 against 187-193; below ten rows
-// tile_vnni is as fast or faster (4 rows 39 against 52 ms).
+// one thread (`python benchmarks/forward_matrices.py --model draft --rows 4,12,16,56`, this
+// build against SSD_CPU_AMX=0, twice): 12 rows 52-54 ms against 72-73, 16 rows 54-57 against
+// 89-91, 56 rows (a prompt's prefill) 122-124 against 336-341; at ten rows an earlier build
+// was already ahead (59-63 against 66-70 ms), below it tile_vnni is as fast or faster (four
+// rows 42-44 ms).
 struct alignas(64) TileConfig {
   uint8_t palette, start_row, reserved[14];
   uint16_t colsb[16];
@@ -287,10 +287,12 @@ bool amx_granted() {
 std::vector<int8_t> pack_columns(const int8_t* xq, int64_t M, int64_t K) {
   const int64_t KB = K / 64, chunks = (M + 15) / 16;
   std::vector<int8_t> xb(chunks * KB * 1024, 0);
+  const __m512i rows = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
+                                         192, 208, 224, 240);  // tile rows, in 4-byte units
   for (int64_t m = 0; m < M; ++m) {
     int8_t* dst = xb.data() + m / 16 * KB * 1024 + m % 16 * 4;
-    for (int64_t g = 0; g < KB * 16; ++g)  // four k at a time: tile row g % 16 of block g / 16
-      std::memcpy(dst + g * 64, xq + m * K + g * 4, 4);
+    for (int64_t kb = 0; kb < KB; ++kb)  // 64 k: four to each of the block's 16 tile rows
+      _mm512_i32scatter_epi32(dst + kb * 1024, rows, _mm512_loadu_si512(xq + m * K + kb * 64), 4);
   }
   return xb;
 }
@@ -312,8 +314,9 @@ inline void tile_amx_q8(const int8_t* xb, const int8_t* w, int32_t* c, int64_t K
 // As `matmul`, by groups of 16 weight rows: one parallel region, each task the same share of
 // every matrix's groups; `single(p, n)` computes the N_p % 16 rows left over. Each output is
 // its tile's integer plus the K % 64 tail, converted and scaled by x's row scale as tile_vnni
-// does, once per kBatch groups: a read of a tile store waits for it to reach the cache, and
-// reads between groups would hold up the next group's loads.
+// does, 16 at a time (a gather of the tile's column; one by one, the conversions of [4864, 896]
+// at 16 rows took a third of the call), once per kBatch groups: a read of a tile store waits
+// for it to reach the cache, and reads between groups would hold up the next group's loads.
 constexpr int64_t kBatch = 32;
 
 template <typename Single>
@@ -322,6 +325,8 @@ void matmul_amx(const int8_t* xq, const float* xs, int64_t M, int64_t K,
                 const std::vector<float*>& os, const Single& single) {
   const std::vector<int8_t> xb = pack_columns(xq, M, K);
   const int64_t P = static_cast<int64_t>(Ns.size()), chunks = (M + 15) / 16, K64 = K / 64 * 64;
+  const __m512i column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
+                                           192, 208, 224, 240);
   int64_t most = 0;
   for (const int64_t N : Ns) most = std::max(most, N / 16);
   at::parallel_for(0, most, 4, [&](int64_t u0, int64_t u1) {
@@ -337,13 +342,18 @@ void matmul_amx(const int8_t* xq, const float* xs, int64_t M, int64_t K,
             tile_amx_q8(xb.data(), ws[p], c.data() + ((g - gb) * chunks + j) * 256, K, j * 16,
                         g * 16);
         for (int64_t g = gb; g < ge; ++g)
-          for (int64_t r = 0; r < 16; ++r) {
-            const int8_t* wr = ws[p] + (g * 16 + r) * K;
-            for (int64_t m = 0; m < M; ++m) {
-              const int32_t* cm = c.data() + ((g - gb) * chunks + m / 16) * 256;
-              const int32_t dot = cm[r * 16 + m % 16] + tail_q8(xq + m * K, wr, K64, K, 0);
-              os[p][m * N + g * 16 + r] = static_cast<float>(dot) * xs[m];
+          for (int64_t m = 0; m < M; ++m) {
+            // the tile's column m: the 16 outputs of x row m, contiguous in out
+            const int32_t* cm = c.data() + ((g - gb) * chunks + m / 16) * 256 + m % 16;
+            __m512i dot = _mm512_i32gather_epi32(column, cm, 4);
+            if (K64 < K) {
+              alignas(64) int32_t tail[16];
+              for (int64_t r = 0; r < 16; ++r)
+                tail[r] = tail_q8(xq + m * K, ws[p] + (g * 16 + r) * K, K64, K, 0);
+              dot = _mm512_add_epi32(dot, _mm512_load_si512(tail));
             }
+            const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(xs[m]));
+            _mm512_storeu_ps(os[p] + m * N + g * 16, y);
           }
       }
     }
