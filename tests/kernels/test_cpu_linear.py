@@ -39,7 +39,7 @@ def _q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x * inv).long(), (amax / 127.0).squeeze(-1)
 
 
-@pytest.mark.parametrize("m", [1, 4, 9, 20])  # 20: AMX tiles, two chunks of x rows
+@pytest.mark.parametrize("m", [1, 4, 9, 20])  # 18 and 40 rows: AMX tiles, 2 and 3 chunks
 @pytest.mark.parametrize("k", [128, 96, 100])  # K % 64, K % 32 and scalar tails
 @pytest.mark.parametrize("n", [50, 301])  # N % 4 tails; 301: several tasks' blocks
 def test_int8_is_the_exact_integer_product_scaled(m, k, n):

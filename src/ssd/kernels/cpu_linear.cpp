@@ -283,12 +283,17 @@ bool amx_granted() {
   return granted;
 }
 
+// The 16 rows of a tile of 64-byte rows, as offsets in 4-byte units: scatter and gather indices.
+inline __m512i tile_rows() {
+  return _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224,
+                           240);
+}
+
 // xq [M, K] as column tiles: per chunk of 16 rows, per 64 k, [16 groups][16 rows][4].
 std::vector<int8_t> pack_columns(const int8_t* xq, int64_t M, int64_t K) {
   const int64_t KB = K / 64, chunks = (M + 15) / 16;
   std::vector<int8_t> xb(chunks * KB * 1024, 0);
-  const __m512i rows = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
-                                         192, 208, 224, 240);  // tile rows, in 4-byte units
+  const __m512i rows = tile_rows();
   for (int64_t m = 0; m < M; ++m) {
     int8_t* dst = xb.data() + m / 16 * KB * 1024 + m % 16 * 4;
     for (int64_t kb = 0; kb < KB; ++kb)  // 64 k: four to each of the block's 16 tile rows
@@ -311,12 +316,30 @@ inline void tile_amx_q8(const int8_t* xb, const int8_t* w, int32_t* c, int64_t K
   _tile_stored(0, c, 64);
 }
 
+// The outputs of weight rows [n, n + 16) from their tiles `c` (one per chunk of x rows): for each
+// x row m the tile's column m (16 outputs, contiguous in out) plus the K % 64 tail, converted
+// and scaled by x's row scale as tile_vnni does.
+inline void store_tiles(const int32_t* c, const int8_t* xq, const float* xs, const int8_t* w,
+                        float* out, int64_t M, int64_t K, int64_t N, int64_t n) {
+  const int64_t K64 = K / 64 * 64;
+  const __m512i column = tile_rows();
+  for (int64_t m = 0; m < M; ++m) {
+    __m512i dot = _mm512_i32gather_epi32(column, c + m / 16 * 256 + m % 16, 4);
+    if (K64 < K) {
+      alignas(64) int32_t tail[16];
+      for (int64_t r = 0; r < 16; ++r) tail[r] = tail_q8(xq + m * K, w + (n + r) * K, K64, K, 0);
+      dot = _mm512_add_epi32(dot, _mm512_load_si512(tail));
+    }
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(xs[m]));
+    _mm512_storeu_ps(out + m * N + n, y);
+  }
+}
+
 // As `matmul`, by groups of 16 weight rows: one parallel region, each task the same share of
-// every matrix's groups; `single(p, n)` computes the N_p % 16 rows left over. Each output is
-// its tile's integer plus the K % 64 tail, converted and scaled by x's row scale as tile_vnni
-// does, 16 at a time (a gather of the tile's column; one by one, the conversions of [4864, 896]
-// at 16 rows took a third of the call), once per kBatch groups: a read of a tile store waits
-// for it to reach the cache, and reads between groups would hold up the next group's loads.
+// every matrix's groups; `single(p, n)` computes the N_p % 16 rows left over. The outputs are
+// stored 16 at a time (`store_tiles`; one by one, the conversions of [4864, 896] at 16 rows took
+// a third of the call), once per kBatch groups: a read of a tile store waits for it to reach
+// the cache, and reads between groups would hold up the next group's loads.
 constexpr int64_t kBatch = 32;
 
 template <typename Single>
@@ -324,9 +347,7 @@ void matmul_amx(const int8_t* xq, const float* xs, int64_t M, int64_t K,
                 const std::vector<int64_t>& Ns, const std::vector<const int8_t*>& ws,
                 const std::vector<float*>& os, const Single& single) {
   const std::vector<int8_t> xb = pack_columns(xq, M, K);
-  const int64_t P = static_cast<int64_t>(Ns.size()), chunks = (M + 15) / 16, K64 = K / 64 * 64;
-  const __m512i column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
-                                           192, 208, 224, 240);
+  const int64_t P = static_cast<int64_t>(Ns.size()), chunks = (M + 15) / 16;
   int64_t most = 0;
   for (const int64_t N : Ns) most = std::max(most, N / 16);
   at::parallel_for(0, most, 4, [&](int64_t u0, int64_t u1) {
@@ -342,19 +363,7 @@ void matmul_amx(const int8_t* xq, const float* xs, int64_t M, int64_t K,
             tile_amx_q8(xb.data(), ws[p], c.data() + ((g - gb) * chunks + j) * 256, K, j * 16,
                         g * 16);
         for (int64_t g = gb; g < ge; ++g)
-          for (int64_t m = 0; m < M; ++m) {
-            // the tile's column m: the 16 outputs of x row m, contiguous in out
-            const int32_t* cm = c.data() + ((g - gb) * chunks + m / 16) * 256 + m % 16;
-            __m512i dot = _mm512_i32gather_epi32(column, cm, 4);
-            if (K64 < K) {
-              alignas(64) int32_t tail[16];
-              for (int64_t r = 0; r < 16; ++r)
-                tail[r] = tail_q8(xq + m * K, ws[p] + (g * 16 + r) * K, K64, K, 0);
-              dot = _mm512_add_epi32(dot, _mm512_load_si512(tail));
-            }
-            const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(xs[m]));
-            _mm512_storeu_ps(os[p] + m * N + g * 16, y);
-          }
+          store_tiles(c.data() + (g - gb) * chunks * 256, xq, xs, ws[p], os[p], M, K, N, g * 16);
       }
     }
     _tile_release();
