@@ -67,3 +67,19 @@ def test_a_row_does_not_depend_on_its_step(dtype):
             meta = step_meta([tables[b]], [[6, 2, 4][b] + i], [1], PAGE, max_pages=pages)
             alone = _native(q[b : b + 1, i : i + 1], kp, vp, meta)
             assert torch.equal(alone[0, 0], together[b, i]), (b, i)
+
+
+def test_a_row_does_not_depend_on_the_threads_sharing_its_head():
+    """Bitwise: one sequence's rows computed by one task, and split among eight threads' tasks."""
+    kp, vp = _pages(16, 2, 32, seed=5, dtype=torch.bfloat16)
+    q = torch.randn(1, 5, 4, 32, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    meta = step_meta([[4, 9, 1]], [6], [5], PAGE, max_pages=4)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 8):
+            torch.set_num_threads(threads)
+            outs.append(_native(q, kp, vp, meta))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
