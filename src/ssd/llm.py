@@ -37,9 +37,11 @@ class LLM:
     drafting ends once the draft gave its last token a probability below `draft_stop` (every
     sequence of the batch), which saves the draft passes and verification rows a doubtful token
     would likely waste; exact at any value, as the stop reads the draft's probabilities only;
-    "ssd" (the default with a draft) is Saguaro: a speculation cache over `fanout` (K+1 counts),
-    or over the geometric allocation of `budget` branches (default 4(K+1)) for acceptance
-    `accept_estimate` and power-law exponent `power`, each estimated online when not given;
+    "ssd" (the default with a draft) is Saguaro: a speculation cache over `budget` branches
+    (default 4(K+1)), spread each round over the outcomes the draft itself finds likeliest
+    (`fanout="ranked"`, the default), or by Saguaro's geometric allocation
+    (`fanout="geometric"`) for acceptance `accept_estimate` and power-law exponent `power`, each
+    estimated online when not given, or as a fixed `fanout` of K+1 counts;
     Saguaro sampling with constant `saguaro_c` (1 disables it) and a `backup` on cache misses
     ("neural", "fast" n-gram, or "auto"), whose neural drafting stops early with `draft_stop` as
     SD's does. `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
@@ -72,7 +74,7 @@ class LLM:
         mode: str | None = None,
         k: int = 4,
         draft_stop: float | None = None,
-        fanout: Sequence[int] | None = None,
+        fanout: Sequence[int] | str | None = None,
         budget: int | None = None,
         saguaro_c: float = 1.0,
         backup: str = "neural",
@@ -151,7 +153,8 @@ class LLM:
                 path=str(draft),
                 mode=mode,
                 k=k,
-                fanout=tuple(fanout or ()),
+                fanout=() if fanout is None or isinstance(fanout, str) else tuple(fanout),
+                allocation=fanout if isinstance(fanout, str) else "ranked",
                 budget=budget or 4 * (k + 1),
                 accept=accept_estimate,
                 power=power,
@@ -418,13 +421,18 @@ def _check_sizes(
 
 
 def _check_fanout(
-    mode: str, k: int, fanout: Sequence[int] | None, budget: int | None, vocab: int
+    mode: str, k: int, fanout: Sequence[int] | str | None, budget: int | None, vocab: int
 ) -> None:
-    """SSD's speculation-cache shape: at most `vocab` branches per position (there are no more
-    distinct outcomes), so at most (K+1) * vocab in all."""
+    """SSD's speculation-cache shape: an allocation's name or K+1 counts, at most `vocab`
+    branches per position (there are no more distinct outcomes), so at most (K+1) * vocab."""
     if mode != "ssd" and (fanout is not None or budget is not None):
         raise ValueError(f"fanout and budget shape SSD's speculation cache; mode is {mode!r}")
-    if fanout is not None:
+    if isinstance(fanout, str):
+        if fanout not in saguaro.ALLOCATIONS:
+            raise ValueError(
+                f"fanout must be one of {saguaro.ALLOCATIONS} or K+1 counts, got {fanout!r}"
+            )
+    elif fanout is not None:
         saguaro.check_fanout(fanout, k, vocab)
     if budget is not None and (not is_int(budget) or not 1 <= budget <= (k + 1) * vocab):
         raise ValueError(

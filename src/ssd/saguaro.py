@@ -38,6 +38,17 @@ def geometric_fanout(budget: int, k: int, accept: float, power: float) -> list[i
     return f
 
 
+ALLOCATIONS = ("ranked", "geometric")  # a fan-out chosen per round, or Saguaro's per depth
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedFanout:
+    """The fan-out chosen each round from the draft's own probabilities (`ranked_fanout`)."""
+
+    budget: int
+    trust: float = 0.5
+
+
 BACKUPS = ("neural", "fast", "auto")  # draft just in time, n-gram guess, chosen per round
 
 
@@ -75,25 +86,68 @@ class Candidates:
     depth: Tensor
 
 
-def fork(g: Tensor, drafted: Tensor, fanout: Tensor, budget: int, fmax: int) -> Candidates:
-    """Top-F_j tokens of the draft logits g [B, K+1, V] at each depth j, the drafted token s_{j+1}
-    excluded for j < K; per-sequence fan-out [B, K+1] with row sums `budget` and entries at most
-    `fmax` (both static).
+@pytree_dataclass
+class Likeliest:
+    """The draft's likeliest outcome tokens of a round: at each depth j of the sent speculation,
+    its top tokens (the drafted s_{j+1} excluded for j < L), descending, with their draft
+    probabilities; and the draft probability of each drafted token."""
 
-    Candidates are ordered by depth, then by descending logit.
-    """
-    b, k1, vocab = g.shape
+    token: Tensor  # [B, L+1, F]
+    prob: Tensor  # [B, L+1, F]
+    drafted: Tensor  # [B, L]
+
+
+def likeliest(g: Tensor, drafted: Tensor, fmax: int, temperature: Tensor) -> Likeliest:
+    """Top-`fmax` outcome tokens of draft logits g [B, L+1, V] along the sent speculation
+    `drafted` [B, L], probabilities at each row's temperature [B] (use 1 for greedy rows)."""
+    vocab = g.shape[-1]
     fmax = min(fmax, vocab)  # a larger fan-out names every token (and fills with repeats)
-    excluded = torch.nn.functional.pad(drafted, (0, 1), value=-1)  # nothing excluded at depth K
-    z = g.float().scatter(-1, excluded.clamp(min=0)[..., None], float("-inf"))
-    z = torch.where((excluded >= 0)[..., None], z, g.float())
-    top = z.topk(fmax, dim=-1).indices  # [B, K+1, fmax]
-    rank = torch.arange(fmax, device=g.device)
-    chosen = (rank < fanout[..., None]).flatten(1)  # [B, (K+1)*fmax], depth-major
-    depth = torch.arange(k1, device=g.device).repeat_interleave(fmax).expand(b, -1)
+    z = g.float() / temperature[:, None, None]
+    norm = z.logsumexp(-1, keepdim=True)
+    excluded = torch.nn.functional.pad(drafted, (0, 1), value=-1)  # nothing excluded at depth L
+    own = z.gather(-1, excluded.clamp(min=0)[..., None])
+    kept = z.scatter(-1, excluded.clamp(min=0)[..., None], float("-inf"))
+    kept = torch.where((excluded >= 0)[..., None], kept, z)
+    top = kept.topk(fmax, dim=-1)
+    return Likeliest(top.indices, (top.values - norm).exp(), (own - norm).exp()[:, :-1, 0])
+
+
+def ranked_fanout(top: Likeliest, budget: int, trust: float = 0.5) -> Tensor:
+    """Per row, the fan-out [B, L+1] of the `budget` outcomes the draft finds likeliest this round.
+
+    Outcome (j, c) (j drafts accepted, then c) is given probability about
+    A_j (1 - a_j) p_j(c) / (1 - d_j) for j < L and A_L p_L(c), where d_j is the draft's probability
+    of the drafted s_{j+1}, a_j = d_j^trust stands for the target accepting it, A_j is the product
+    of a_i over i < j, and p_j(c) / (1 - d_j) is the draft's law of c once s_{j+1} is ruled out.
+    Unlike `geometric_fanout`, the budget follows this round's doubts: a round whose draft hesitates
+    at its second token spends its branches there. trust = 0.5 is the best of 0.15-0.7 on logged
+    rounds of the Qwen2.5-Coder pair at both temperatures (docs/performance.md, finding 41).
+    """
+    accept = top.drafted.clamp(0, 1) ** trust  # [B, L]
+    ones = torch.ones_like(accept[:, :1])
+    reach = torch.cat([ones, accept.cumprod(1)], 1)  # A_j, [B, L+1]
+    doubt = (1 - accept) / (1 - top.drafted).clamp(min=1e-12)
+    score = (reach * torch.cat([doubt, ones], 1))[..., None] * top.prob  # [B, L+1, F]
+    n = min(budget, score[0].numel())  # a tiny vocabulary may hold fewer outcomes
+    best = score.flatten(1).topk(n, dim=1).indices // top.prob.shape[2]
+    return torch.zeros_like(reach, dtype=torch.int64).scatter_add_(1, best, torch.ones_like(best))
+
+
+def fork(top: Likeliest, fanout: Tensor, budget: int) -> Candidates:
+    """The top-F_j outcome tokens at each depth j (`likeliest`, drafted token excluded), for a
+    per-sequence fan-out [B, L+1] with row sums `budget` (or every outcome top holds, when fewer)
+    and entries at most top's F.
+
+    Candidates are ordered by depth, then by descending logit; where top holds fewer than
+    `budget` outcomes they repeat (a repeat is never looked up: `lookup` takes the first match).
+    """
+    b, k1, fmax = top.token.shape
+    rank = torch.arange(fmax, device=fanout.device)
+    chosen = (rank < fanout[..., None]).flatten(1)  # [B, (L+1)*fmax], depth-major
+    depth = torch.arange(k1, device=fanout.device).repeat_interleave(fmax).expand(b, -1)
     order = torch.sort(chosen.to(torch.int8), dim=1, descending=True, stable=True).indices
-    order = order[:, :budget]
-    return Candidates(token=top.flatten(1).gather(1, order), depth=depth.gather(1, order))
+    order = order[:, :budget].repeat(1, -(-budget // order.shape[1]))[:, :budget]
+    return Candidates(token=top.token.flatten(1).gather(1, order), depth=depth.gather(1, order))
 
 
 @pytree_dataclass

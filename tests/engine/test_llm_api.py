@@ -64,6 +64,7 @@ def test_mode_options_are_checked(checkpoints):
         ({"mode": "ssd", "budget": 10**9}, "budget must be an integer in"),
         ({"mode": "ssd", "k": 1, "fanout": [1, 10**6]}, "fan-out needs K.1 = 2 integers"),
         ({"mode": "sd", "fanout": [1] * 5}, "shape SSD's speculation cache"),
+        ({"mode": "ssd", "fanout": "wide"}, "fanout must be one of .'ranked', 'geometric'. or"),
         ({"mode": "sd", "max_batch": 0}, "max_batch must be"),
         ({"mode": "sd", "page_size": 0}, "page_size must be"),
         ({"mode": "sd", "num_pages": -3}, "num_pages must be"),

@@ -47,7 +47,7 @@ def test_fork_and_lookup():
     g = torch.tensor([[[5.0, 4, 3, 2, 1], [1, 2, 3, 4, 5], [0, 9, 8, 7, 6]]])
     drafted = torch.tensor([[0, 4]])  # s_1 = 0 is excluded at depth 0, s_2 = 4 at depth 1
     fan = saguaro.fanout_rows([[2, 1, 2]])
-    c = saguaro.fork(g, drafted, fan, budget=5, fmax=2)
+    c = saguaro.fork(saguaro.likeliest(g, drafted, 2, torch.ones(1)), fan, budget=5)
     assert c.token.tolist() == [[1, 2, 3, 1, 2]] and c.depth.tolist() == [[0, 0, 1, 2, 2]]
     found = saguaro.lookup(c, torch.tensor([2]), torch.tensor([2]), torch.tensor([True]))
     assert found.hit.tolist() == [True] and found.branch.tolist() == [4]
@@ -55,6 +55,49 @@ def test_fork_and_lookup():
     assert miss.hit.tolist() == [False]
     forced = saguaro.lookup(c, torch.tensor([2]), torch.tensor([2]), torch.tensor([False]))
     assert forced.hit.tolist() == [False]
+
+
+def test_likeliest_gives_the_draft_law_without_the_drafted_token():
+    g = torch.tensor([[[2.0, 0, 1], [0, 0, 3]]])
+    top = saguaro.likeliest(g, torch.tensor([[0]]), 2, torch.tensor([0.5]))
+    p = torch.softmax(g / 0.5, -1)
+    assert top.token.tolist() == [[[2, 1], [2, 0]]]
+    torch.testing.assert_close(top.prob, torch.stack([p[0, 0, [2, 1]], p[0, 1, [2, 0]]])[None])
+    torch.testing.assert_close(top.drafted, p[:, :1, 0])
+
+
+def test_ranked_fanout_follows_the_rounds_doubt():
+    """Worked example at trust 1, where an outcome weighs the draft's probability of its path:
+    the same candidates, two rounds that doubt different tokens, two different fan-outs."""
+    top = saguaro.Likeliest(
+        token=torch.zeros(2, 3, 3, dtype=torch.int64),
+        prob=torch.tensor([[[0.04, 0.03, 0.02], [0.5, 0.2, 0.1], [0.6, 0.3, 0.1]]] * 2),
+        drafted=torch.tensor([[0.9, 0.2], [0.25, 0.9]]),
+    )
+    # row 0: depth 0 p, depth 1 .9p, depth 2 .18p -> .45, .18 (1), .108 (2), .09 (1), .054 (2)
+    # row 1: depth 0 p, depth 1 .25p, depth 2 .225p
+    #   -> .135 (2), .125 (1), .0675 (2), .05 (1), .04 (0)
+    got = saguaro.ranked_fanout(top, 5, trust=1.0)
+    assert got.tolist() == [[0, 3, 2], [1, 2, 2]]
+
+
+@given(st.integers(1, 12), st.integers(1, 4), st.integers(0, 2**31))
+def test_ranked_fanout_spends_the_budget_on_the_best_scores(budget, depth, seed):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(2, depth + 1, 16, generator=gen) * 3
+    drafted = torch.randint(0, 16, (2, depth), generator=gen)
+    top = saguaro.likeliest(g, drafted, budget, torch.ones(2))
+    fan = saguaro.ranked_fanout(top, budget)
+    assert fan.sum(1).tolist() == [budget] * 2 and int(fan.min()) >= 0
+    assert int(fan.max()) <= top.prob.shape[2]
+    c = saguaro.fork(top, fan, budget)
+    assert c.token.shape == (2, budget)
+    # every depth's chosen tokens are its likeliest, drafted token excluded
+    for b in range(2):
+        for j in range(depth + 1):
+            mine = c.token[b][c.depth[b] == j].tolist()
+            assert mine == top.token[b, j, : len(mine)].tolist()
+            assert j == depth or int(drafted[b, j]) not in mine
 
 
 def test_ngram_guess_copies_what_followed_the_latest_match():

@@ -122,7 +122,11 @@ CASES = {
         FILTERED,
         None,
     ),
-    "ssd auto backup C=0.5": ({"mode": "ssd", "backup": "auto", "saguaro_c": 0.5}, FILTERED, None),
+    "ssd auto backup, geometric fan-out C=0.5": (
+        {"mode": "ssd", "backup": "auto", "fanout": "geometric", "saguaro_c": 0.5},
+        FILTERED,
+        None,
+    ),
     "ssd adversarial fast C=0.5": (
         {"mode": "ssd", "backup": "fast", "saguaro_c": 0.5, "fanout": [3, 1, 2]},
         FLAT,

@@ -97,14 +97,16 @@ class SSDDrafter(SDDrafter):
     `backup` is "neural" (draft just in time), "fast" (n-gram guess, a point mass) or "auto"
     (per round, by the batch speed model of docs/design.md §2 with the measured statistics).
     With `stop_below`, a neural backup for a batch that missed everywhere stops early as SD's
-    drafting does, and the cache built on its shorter speculation gives the fan-out of the
-    depths it did not draft to the doubted token's (`_fold`).
+    drafting does. `fanout` is a fixed list, Saguaro's geometric estimator, or
+    `saguaro.RankedFanout`: each round's branches on the outcomes the draft finds likeliest. A
+    fixed or geometric fan-out gives, on a speculation shorter than K, the share of the depths
+    not drafted to the doubted token's (`_fold`), and after a fast backup its budget to depth 0.
     """
 
     def __init__(
         self,
         draft: DraftModel,
-        fanout: Sequence[int] | saguaro.FanoutEstimator,
+        fanout: Sequence[int] | saguaro.FanoutEstimator | saguaro.RankedFanout,
         saguaro_c: float,
         backup: str,
         stop_below: float | None = None,
@@ -113,10 +115,12 @@ class SSDDrafter(SDDrafter):
         # Each request plans its own fan-out from its own statistics, so its tokens never
         # depend on what else shares its batch.
         self.template = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
+        self.ranked = fanout if isinstance(fanout, saguaro.RankedFanout) else None
         self.estimators: dict[int, saguaro.FanoutEstimator] = {}
-        if self.template is not None:
-            fanout = self.template.fanout()
-        assert not isinstance(fanout, saguaro.FanoutEstimator)
+        if isinstance(fanout, saguaro.FanoutEstimator):
+            fanout = fanout.fanout()
+        elif isinstance(fanout, saguaro.RankedFanout):  # Saguaro sampling's F: the prior's
+            fanout = saguaro.geometric_fanout(fanout.budget, self.k, 0.7, 1.0)
         saguaro.check_fanout(fanout, self.k, self.vocab_size)
         if backup not in saguaro.BACKUPS:
             raise ValueError(f"backup must be one of {saguaro.BACKUPS}, got {backup!r}")
@@ -279,18 +283,23 @@ class SSDDrafter(SDDrafter):
         g = self.d.glue(batch, path)
         if between is not None:
             between()
-        fanouts = self._fanouts(batch, b)
-        drafted = tokens.shape[1]  # K, or fewer after an early stop
-        primary = [True] * b
-        for i, h in enumerate(hit):  # after a fast backup, budget at depth 0
-            primary[i] = h or kind == "neural"
-        lists = [f if p else self.fast_fanout for f, p in zip(fanouts, primary, strict=True)]
-        if drafted < self.k:  # outcomes 0..drafted only (see _fold): no lesson for the estimator
-            lists = [_fold(f, drafted) for f in lists]
-            primary = [False] * b
-        fan = saguaro.fanout_rows(lists).to(self.d.device)
-        fmax = max(max(x) for x in lists)
-        cands = saguaro.fork(g, tokens, fan, self.budget, fmax)
+        temps = [r.params.temperature or 1.0 for r in batch] + [1.0] * (b - len(batch))
+        temperature = torch.tensor(temps, device=self.d.device)
+        if self.ranked is not None:
+            top = saguaro.likeliest(g, tokens, self.budget, temperature)
+            fan = saguaro.ranked_fanout(top, self.budget, self.ranked.trust)
+            fanouts, primary = fan.tolist(), [False] * b
+        else:
+            fanouts = self._fanouts(batch, b)
+            drafted = tokens.shape[1]  # K, or fewer after an early stop
+            primary = [h or kind == "neural" for h in hit] + [True] * (b - len(hit))
+            lists = [f if p else self.fast_fanout for f, p in zip(fanouts, primary, strict=True)]
+            if drafted < self.k:  # outcomes 0..drafted only (`_fold`): no lesson for the estimator
+                lists = [_fold(f, drafted) for f in lists]
+                primary = [False] * b
+            fan = saguaro.fanout_rows(lists).to(self.d.device)
+            top = saguaro.likeliest(g, tokens, max(max(x) for x in lists), temperature)
+        cands = saguaro.fork(top, fan, self.budget)
         f, c = self._saguaro(batch, b)
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c, between)
         rows = {x.id: i for i, x in enumerate(batch)}
@@ -314,7 +323,7 @@ class DraftConfig:
     path: str
     mode: str  # "sd" or "ssd"
     k: int
-    fanout: tuple[int, ...]  # SSD: a fixed list, or empty for the geometric estimator
+    fanout: tuple[int, ...]  # SSD: a fixed list, or empty for `allocation`
     saguaro_c: float
     backup: str
     dtype: str  # a torch float dtype's name, or "int8" (int8 weights, bf16 activations)
@@ -323,7 +332,8 @@ class DraftConfig:
     max_len: int
     max_batch: int
     page_size: int
-    budget: int = 0  # SSD with the estimator: the sum of the fan-out
+    allocation: str = "ranked"  # SSD without a fixed fan-out: `saguaro.ALLOCATIONS`
+    budget: int = 0  # SSD without a fixed fan-out: the branches
     accept: float | None = None  # a_p; None: estimated online
     power: float | None = None  # r; None: estimated online
     tensor_parallel: int = 1  # processes the draft is split over (its own mesh)
@@ -358,8 +368,10 @@ def make_drafter(cfg: DraftConfig) -> SDDrafter:
     dm = DraftModel(model, kv, cfg.k, cfg.jit, cfg.max_len, extra, steps, mesh, cfg.prefix_caching)
     if cfg.mode == "sd":
         return SDDrafter(dm, cfg.stop_below)
-    fanout: Sequence[int] | saguaro.FanoutEstimator = cfg.fanout
-    if not cfg.fanout:
+    fanout: Sequence[int] | saguaro.FanoutEstimator | saguaro.RankedFanout = cfg.fanout
+    if not cfg.fanout and cfg.allocation == "ranked":
+        fanout = saguaro.RankedFanout(cfg.budget)
+    elif not cfg.fanout:
         fanout = saguaro.FanoutEstimator(
             cfg.budget,
             cfg.k,
