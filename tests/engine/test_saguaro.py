@@ -100,6 +100,22 @@ def test_ranked_fanout_spends_the_budget_on_the_best_scores(budget, depth, seed)
             assert j == depth or int(drafted[b, j]) not in mine
 
 
+def test_trust_estimate_recovers_how_the_target_keeps_drafts():
+    rng = random.Random(1)
+    est = saguaro.TrustEstimator(prior=0.5)
+    assert est.trust() == 0.5
+    for _ in range(3000):
+        d = [rng.uniform(0.05, 1.0) for _ in range(4)]
+        kept = 0
+        while kept < 4 and rng.random() < d[kept] ** 0.3:
+            kept += 1
+        est.observe(d, kept)
+    assert abs(est.trust() - 0.3) < 0.03
+    sure = saguaro.TrustEstimator()
+    sure.observe([0.01, 0.02, 0.5], 3)  # a draft the target always agrees with, however unsure
+    assert sure.trust() < 0.01
+
+
 def test_ngram_guess_copies_what_followed_the_latest_match():
     assert saguaro.ngram_guess([1, 2, 3, 9, 1, 2, 3], 4) == [9, 1, 2, 3]
     assert saguaro.ngram_guess([7, 1, 7, 2, 7], 3) == [2, 7, 7]

