@@ -133,6 +133,9 @@ class SSDDrafter(SDDrafter):
         self.outcome: dict[int, tuple[int, int]] = {}
         self.policy = saguaro.BackupPolicy()
         self.round: _Round | None = None  # the round answered last, until its outcome arrives
+        # A list to log each round's draft view and outcome into (benchmarks/fanout_replay.py)
+        self.record: list[dict] | None = None
+        self._seen: dict[int, dict] = {}
 
     def observe(
         self,
@@ -159,6 +162,7 @@ class SSDDrafter(SDDrafter):
         self.outcome.pop(req.id, None)
         self.estimators.pop(req.id, None)
         self.trusts.pop(req.id, None)
+        self._seen.pop(req.id, None)
 
     def _estimator(self, rid: int) -> saguaro.FanoutEstimator:
         assert self.template is not None
@@ -244,6 +248,11 @@ class SSDDrafter(SDDrafter):
             for r, ok, row, n in zip(batch, known, rows, acc.tolist(), strict=True):
                 if ok:
                     self._trust(r.id).observe(cache.drafted[row], n)
+        if self.record is not None:
+            for r, ok, h in zip(batch, known, hits, strict=True):
+                if ok and r.id in self._seen:
+                    a, t = self.outcome[r.id]
+                    self.record.append(self._seen.pop(r.id) | {"accepted": a, "token": t, "hit": h})
         if self.template is not None:
             for r, ok, row, h, n in zip(batch, known, rows, hits, acc.tolist(), strict=True):
                 if ok and cache.primary[row]:
@@ -316,6 +325,16 @@ class SSDDrafter(SDDrafter):
             fan = saguaro.fanout_rows(lists).to(self.d.device)
             top = saguaro.likeliest(g, tokens, max(max(x) for x in lists), temperature)
         cands = saguaro.fork(top, fan, self.budget)
+        if self.record is not None:  # the 64 likeliest outcomes a depth, to replay any budget
+            deep = saguaro.likeliest(g, tokens, 64, temperature)
+            for i, req in enumerate(batch):
+                self._seen[req.id] = {
+                    "request": req.id,
+                    "fanout": fanouts[i],
+                    "sent": deep.drafted[i].tolist(),
+                    "top": deep.token[i].tolist(),
+                    "prob": deep.prob[i].tolist(),
+                }
         f, c = self._saguaro(batch, b)
         branch_tokens, branch_q = self.d.tree(batch, cands, f, c, between)
         rows = {x.id: i for i, x in enumerate(batch)}

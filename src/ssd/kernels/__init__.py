@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def cpu_kernels_available() -> bool:
     root = Path(os.environ.get("SSD_CACHE_DIR") or Path.home() / ".cache" / "ssd")
     root = root / "kernels" / digest[:12]
     root.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(root / "lock")
     try:
         load(
             name="ssd_cpu_kernels",
@@ -63,6 +65,21 @@ def cpu_kernels_available() -> bool:
         warnings.warn(f"ssd: CPU kernels unavailable, using ATen's ({e})", stacklevel=2)
         return False
     return True
+
+
+STALE_LOCK_S = 600.0  # a build takes about 40 s; a lock this old outlived a killed build
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """torch's build lock stays behind when its builder is killed, and every later load waits
+    on it forever: remove one far older than a build."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        warnings.warn(f"ssd: removing a build lock {age:.0f} s old ({lock})", stacklevel=3)
+        lock.unlink(missing_ok=True)
 
 
 def _register_fake() -> None:
