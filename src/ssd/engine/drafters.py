@@ -74,7 +74,7 @@ class _Cache:
     rows: dict[int, int]
     primary: list[bool]  # row built with its primary fan-out (not after a fast backup)
     fanouts: list[list[int]]  # each row's primary fan-out that round
-    drafted: list[list[float]]  # ranked fan-out: the draft's probability of each token sent
+    sent: list[list[float]]  # ranked fan-out: the draft's probability of each token sent
     cands: saguaro.Candidates
     tokens: Tensor
     q: Tensor | None  # None: greedy point masses
@@ -247,7 +247,7 @@ class SSDDrafter(SDDrafter):
         if self.ranked is not None:
             for r, ok, row, n in zip(batch, known, rows, acc.tolist(), strict=True):
                 if ok:
-                    self._trust(r.id).observe(cache.drafted[row], n)
+                    self._trust(r.id).observe(cache.sent[row], n)
         if self.record is not None:
             for r, ok, h in zip(batch, known, hits, strict=True):
                 if ok and r.id in self._seen:

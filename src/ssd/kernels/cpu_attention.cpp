@@ -49,6 +49,49 @@ inline void weigh(const float* p, const float* v, float* a, int64_t j0, int64_t 
   for (int i = 0; i < N; ++i) _mm256_storeu_ps(a + 8 * i, acc[i]);
 }
 
+// s[j] = q . k[j] for the slots j in [j0, j1) (a multiple of 4 slots): 8-lane partial sums over
+// d, then one horizontal sum. k rows are Dp floats apart.
+inline void score(const float* q, const float* k, float* s, int64_t j0, int64_t j1, int64_t Dp) {
+  for (int64_t j = j0; j < j1; j += 4) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t d = 0; d < Dp; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      const float* kj = k + j * Dp + d;
+      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj), a0);
+      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + Dp), a1);
+      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 2 * Dp), a2);
+      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kj + 3 * Dp), a3);
+    }
+    s[j] = hsum(a0), s[j + 1] = hsum(a1), s[j + 2] = hsum(a2), s[j + 3] = hsum(a3);
+  }
+}
+
+// Scores s[0, n8) of one row in place to its softmax's unnormalized weights over the slots
+// `seen` marks (the others exactly 0), 8 slots at a time; returns 1 / their sum (0 if none).
+inline float softmax(float* s, const uint8_t* seen, int64_t n8) {
+  const __m256 none = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 best8 = none;
+  for (int64_t j = 0; j < n8; j += 8) {
+    const __m128i m8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(seen + j));
+    const __m256 mask = _mm256_castsi256_ps(
+        _mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(m8), _mm256_setzero_si256()));
+    const __m256 x = _mm256_blendv_ps(none, _mm256_loadu_ps(s + j), mask);
+    _mm256_storeu_ps(s + j, x);
+    best8 = _mm256_max_ps(best8, x);
+  }
+  const __m256 best = _mm256_set1_ps(hmax(best8));
+  __m256 total8 = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n8; j += 8) {
+    const __m256 x = _mm256_loadu_ps(s + j);
+    const __m256 e = _mm256_and_ps(ssd_simd::exp8(_mm256_sub_ps(x, best)),
+                                   _mm256_cmp_ps(x, none, _CMP_NEQ_OQ));
+    _mm256_storeu_ps(s + j, e);
+    total8 = _mm256_add_ps(total8, e);
+  }
+  const float total = hsum(total8);
+  return total > 0.f ? 1.f / total : 0.f;
+}
+
 // q [B, Q, H, D]; pages [P + 1, page_size, H_kv, D] (the last one the sink); block_tables
 // [B, max_pages] (-1: unused, read as the sink); mask [B, 1, Q, max_pages * page_size].
 //
@@ -115,45 +158,11 @@ void attend(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_
       sc.resize(rows * n8);
       for (int64_t j0 = 0; j0 < n8; j0 += kSlots)
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t j = j0; j < std::min(n8, j0 + kSlots); j += 4) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t d = 0; d < Dp; d += 8) {
-              const __m256 qv = _mm256_loadu_ps(qf.data() + r * Dp + d);
-              const float* k = kf.data() + j * Dp + d;
-              a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k), a0);
-              a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + Dp), a1);
-              a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * Dp), a2);
-              a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * Dp), a3);
-            }
-            float* s = sc.data() + r * n8 + j;
-            s[0] = hsum(a0), s[1] = hsum(a1), s[2] = hsum(a2), s[3] = hsum(a3);
-          }
-
+          score(qf.data() + r * Dp, kf.data(), sc.data() + r * n8, j0, std::min(n8, j0 + kSlots),
+                Dp);
       inv.resize(rows);
-      const __m256 none = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = sc.data() + r * n8;
-        __m256 best8 = none;
-        for (int64_t j = 0; j < n8; j += 8) {
-          const __m128i m8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(vis.data() + r * n8 + j));
-          const __m256 seen = _mm256_castsi256_ps(
-              _mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(m8), _mm256_setzero_si256()));
-          const __m256 x = _mm256_blendv_ps(none, _mm256_loadu_ps(s + j), seen);
-          _mm256_storeu_ps(s + j, x);
-          best8 = _mm256_max_ps(best8, x);
-        }
-        const float best = hmax(best8);
-        __m256 total8 = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n8; j += 8) {
-          const __m256 x = _mm256_loadu_ps(s + j);
-          const __m256 e = _mm256_and_ps(ssd_simd::exp8(_mm256_sub_ps(x, _mm256_set1_ps(best))),
-                                         _mm256_cmp_ps(x, none, _CMP_NEQ_OQ));
-          _mm256_storeu_ps(s + j, e);
-          total8 = _mm256_add_ps(total8, e);
-        }
-        const float total = hsum(total8);
-        inv[r] = total > 0.f ? 1.f / total : 0.f;
-      }
+      for (int64_t r = 0; r < rows; ++r)
+        inv[r] = softmax(sc.data() + r * n8, vis.data() + r * n8, n8);
 
       acc.assign(rows * Dp, 0.f);
       for (int64_t j0 = 0; j0 < n8; j0 += kSlots) {
@@ -161,8 +170,9 @@ void attend(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_
         for (int64_t r = 0; r < rows; ++r) {
           const float* p = sc.data() + r * n8;
           int64_t d = 0;
-          for (; d + 64 <= Dp; d += 64) weigh<8>(p, vf.data() + d, acc.data() + r * Dp + d, j0, j1, Dp);
-          for (; d < Dp; d += 8) weigh<1>(p, vf.data() + d, acc.data() + r * Dp + d, j0, j1, Dp);
+          float* a = acc.data() + r * Dp;
+          for (; d + 64 <= Dp; d += 64) weigh<8>(p, vf.data() + d, a + d, j0, j1, Dp);
+          for (; d < Dp; d += 8) weigh<1>(p, vf.data() + d, a + d, j0, j1, Dp);
         }
       }
       for (int64_t r = 0; r < rows; ++r)
