@@ -85,9 +85,11 @@ def test_a_row_does_not_depend_on_its_batch():
         assert torch.equal(together, alone), m
 
 
-def test_bf16_activations_round_like_aten():
-    w = _weights(32, 64, seed=7).bfloat16()
-    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+@pytest.mark.parametrize("m", [1, 3, 6, 8])  # 6 and 8: six-row tiles where bf16 x is dotted
+@pytest.mark.parametrize("k", [64, 13, 136])  # K % 32 tails: one masked step
+def test_bf16_activations_round_like_aten(m, k):
+    w = _weights(32, k, seed=7).bfloat16()
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).bfloat16()
     out = linear(x, w)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), F.linear(x.float(), w.float()), rtol=8e-3, atol=8e-3)

@@ -122,7 +122,18 @@ def _avx512_flags() -> list[str]:
     amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
     if amx and os.environ.get("SSD_CPU_AMX", "1") != "0":  # benchmarks compare both builds
         flags += ["-mamx-tile", "-mamx-int8"]
+    if os.environ.get("SSD_CPU_BF16_DOT", "1" if _amd() else "0") != "0":
+        flags += ["-DSSD_CPU_BF16_DOT"]
     return flags
+
+
+def _amd() -> bool:
+    """AMD's AVX-512 cores (Zen 4 on) issue vdpbf16ps at the FMA rate; the Xeons measured, at a
+    quarter of it (docs/performance.md, findings 11 and 42)."""
+    try:
+        return "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 _native: bool | None = None  # set by `prepare`; a plain global, so traced code reads a constant

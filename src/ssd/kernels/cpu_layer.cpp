@@ -79,7 +79,7 @@ void project(const std::vector<float>& x, int64_t T, const std::vector<Out>& out
     o.out.resize(T * o.w.size(0));
     parts.push_back({o.w, o.scale, o.bias, o.out.data()});
   }
-  ssd_kernels::linear_f32(x.data(), T, parts);
+  ssd_kernels::linear_f32(x.data(), T, parts, /*x_bf16=*/true);
   for (const Out& o : outs) {
     float* v = o.out.data();
     lanes(

@@ -19,6 +19,13 @@
 #define SSD_AMX 0
 #endif
 
+// vdpbf16ps for bf16 weights, where the build asks for it (CPUs that issue it at the FMA rate).
+#if SSD_AVX512 && defined(SSD_CPU_BF16_DOT)
+#define SSD_BF16_DOT 1
+#else
+#define SSD_BF16_DOT 0
+#endif
+
 namespace ssd_kernels {
 
 // out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
@@ -30,7 +37,10 @@ struct Projection {
 
 // Projections of one x (same K and dtype) in one parallel region: no thread waits for the
 // others between them.
-void linear_f32(const float* x, int64_t M, const std::vector<Projection>& parts);
+// `x_bf16`: x holds bf16 values (the layers' activations), which a build with SSD_BF16_DOT then
+// multiplies as bf16; other x (fp32 activations against bf16 weights) go through the fp32 FMAs.
+void linear_f32(const float* x, int64_t M, const std::vector<Projection>& parts,
+                bool x_bf16 = false);
 
 // q [B, Q, H, D] against one layer's pages through the block tables, under `mask`.
 at::Tensor paged_attention(const at::Tensor& q, const at::Tensor& k_pages,
