@@ -127,7 +127,7 @@ def draft_step(
     """
     out, qs, confs = [], [], []
     inp = tokens0
-    draft_keys = rnd.fold_in(keys, DRAFT)
+    draft_keys = None if st.greedy else rnd.fold_in(keys, DRAFT)  # greedy rounds draw nothing
     last = torch.full_like(tokens0[:, :1], tokens0.shape[1] - 1)
     for d, meta in enumerate(metas):
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta, last if d == 0 else None)
@@ -136,6 +136,7 @@ def draft_step(
             conf = _rows(logits[:, -1].float().softmax(-1), tok)
         else:
             q = proposal_probs(logits[:, -1], st, None if fanout is None else fanout[:, d], c)
+            assert draft_keys is not None
             tok = draw(q, rnd.fold_in(draft_keys, meta.positions[:, -1] + 1), False)
             conf = _rows(q, tok)
             qs.append(q)
@@ -197,7 +198,8 @@ def tree_step(
     None for an all-greedy batch (point masses on the draft's argmax)."""
     b, m = roots.shape
     st_m = st.repeat_rows(m)
-    branch_keys = rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
+    # greedy rounds draw nothing: no keys to derive
+    branch_keys = None if st.greedy else rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
     c_m = None if c is None else c.repeat_interleave(m)
     out, qs = [], []
     inp = roots
@@ -208,6 +210,7 @@ def tree_step(
         else:
             f = None if fanout is None else fanout[:, d].repeat_interleave(m)
             q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
+            assert branch_keys is not None
             tok = draw(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1), False)
             qs.append(q.view(b, m, -1))
         out.append(tok.view(b, m))
