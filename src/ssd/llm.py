@@ -38,10 +38,11 @@ class LLM:
     sequence of the batch), which saves the draft passes and verification rows a doubtful token
     would likely waste; exact at any value, as the stop reads the draft's probabilities only;
     "ssd" (the default with a draft) is Saguaro: a speculation cache over `budget` branches
-    (default 4(K+1)), spread each round over the outcomes the draft itself finds likeliest
-    (`fanout="ranked"`, the default), or by Saguaro's geometric allocation
-    (`fanout="geometric"`) for acceptance `accept_estimate` and power-law exponent `power`, each
-    estimated online when not given, or as a fixed `fanout` of K+1 counts;
+    (default 4(K+1); K for a draft on CPU, whose tree steps are compute-bound), spread each
+    round over the outcomes the draft itself finds likeliest (`fanout="ranked"`, the default),
+    or by Saguaro's geometric allocation (`fanout="geometric"`) for acceptance
+    `accept_estimate` and power-law exponent `power`, each estimated online when not given, or
+    as a fixed `fanout` of K+1 counts;
     Saguaro sampling with constant `saguaro_c` (1 disables it) and a `backup` on cache misses
     ("neural", "fast" n-gram, or "auto"), whose neural drafting stops early with `draft_stop` as
     SD's does. `dtype` defaults to bf16 on CUDA, fp32 on CPU; `draft_dtype` to `dtype`; any
@@ -155,7 +156,7 @@ class LLM:
                 k=k,
                 fanout=() if fanout is None or isinstance(fanout, str) else tuple(fanout),
                 allocation=fanout if isinstance(fanout, str) else "ranked",
-                budget=budget or 4 * (k + 1),
+                budget=budget or _default_budget(k, torch.device(draft_device or device)),
                 accept=accept_estimate,
                 power=power,
                 saguaro_c=saguaro_c,
@@ -371,6 +372,13 @@ class LLM:
         if self.tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer: pass prompts as token ids")
         return list(self.tokenizer.encode(prompt))
+
+
+def _default_budget(k: int, draft_device: torch.device) -> int:
+    """SSD's branches: 4(K+1) where a tree step's rows are nearly free (a GPU), K on a CPU core,
+    where each row of a tree step costs arithmetic and the tree must fit inside a verification
+    (docs/performance.md, findings 5, 28 and 43)."""
+    return k if draft_device.type == "cpu" else 4 * (k + 1)
 
 
 def _dtype(value: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:

@@ -52,6 +52,13 @@ def test_mode_options_are_checked(checkpoints):
         LLM(path, dtype="bits")
 
 
+def test_a_draft_on_cpu_gets_one_branch_per_draft_token(checkpoints):
+    """Each branch is a row of every tree step, which costs arithmetic on a CPU core."""
+    path = checkpoints["llama"]
+    assert LLM(path, draft=path, mode="ssd", k=3).runner.drafter.budget == 3
+    assert LLM(path, draft=path, mode="ssd", k=3, budget=7).runner.drafter.budget == 7
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [

@@ -99,7 +99,9 @@ def test_ssd_cache_built_after_an_early_stop_holds_the_next_outcome(checkpoints)
     for the bonus after it (the draft's top token), so every round after a sequence's first
     hits and drafts K tokens from the cache."""
     path = checkpoints["llama"]
-    llm = LLM(path, draft=path, mode="ssd", k=3, max_batch=4, backup="neural", draft_stop=1.0)
+    # 4(K+1) branches, as on a GPU: room for the bonus after every depth from the first round
+    llm = LLM(path, draft=path, mode="ssd", k=3, max_batch=4, backup="neural", draft_stop=1.0,
+              budget=16)  # fmt: skip
     params = dataclasses.replace(GREEDY, max_tokens=2 + 4 * 15)  # no round cut short
     out = llm.generate(PROMPTS, params, use_tqdm=False)
     ar = LLM(path, max_batch=4).generate(PROMPTS, params, use_tqdm=False)

@@ -23,7 +23,8 @@
 //
 // Built for a CPU with AVX-512 BF16 and VNNI (SSD_AVX512), the bf16 tiles run at 512 bits and
 // int8 weights use vpdpbusd, 64 weight bytes per row per step; both keep a fixed per-element
-// order, so batch invariance holds within a build.
+// order, so batch invariance holds within a build. Where the CPU issues vdpbf16ps at the FMA
+// rate (SSD_BF16_DOT: AMD's AVX-512 cores), bf16 weights meet bf16-valued x in tile_dot.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -183,8 +184,8 @@ inline void tile_q8(const int8_t* xq, const float* xs, const int8_t* w, float* o
 #if SSD_AVX512
 // AVX-512: tile16 at twice the width. Unpacking with zeros widens bf16 lanes {0-3, 8-11, 16-19,
 // 24-27} and {4-7, 12-15, 20-23, 28-31} of each 32; `xp` holds x permuted to match (permute32).
-// (vdpbf16ps would take bf16 x in one instruction per 32 pairs, but on the Xeons measured it
-// issues at a quarter of the FMA rate: slower from two x rows on.)
+// (vdpbf16ps takes bf16 x in one instruction per 32 pairs, but on the Xeons measured it issues
+// at a quarter of the FMA rate: slower from two x rows on. tile_dot where it does not.)
 template <int MT, int RR>
 inline void tile32(const float* xp, const c10::BFloat16* w, float* out, int64_t K, int64_t N,
                    int64_t m0, int64_t n, int64_t S) {
@@ -222,7 +223,8 @@ inline void tile32(const float* xp, const c10::BFloat16* w, float* out, int64_t 
 // activations are bf16 values), each lane sums its pairs (k = 2j, 2j + 1 of each 32) into fp32,
 // and a row's tail rides in one masked step, so every output is the same sum in the same order
 // whatever M or the thread split. On the Xeons measured it issues at a quarter of the FMA rate
-// (finding 11): the build picks by CPU.
+// (docs/performance.md, findings 11 and 42): the build picks by CPU. With x rows and weights
+// in registers, up to six x rows against four weight rows (24 accumulators).
 template <int MT, int RR>
 inline void tile_dot(const c10::BFloat16* xb, const c10::BFloat16* w, float* out, int64_t K,
                      int64_t N, int64_t m0, int64_t n, int64_t S) {
@@ -242,7 +244,10 @@ inline void tile_dot(const c10::BFloat16* xb, const c10::BFloat16* w, float* out
       for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], xv, wv[r]);
     }
   }
-  if (K32 < K) {  // the tail: one more step, zeros past the row's end
+  // The tail: one more step, zeros past the row's end. (Kept apart from the loop: with the
+  // step in a helper taking acc by reference, or a mask computed every step, GCC 12 kept the
+  // accumulators on the stack, storing each at every step: 2.6 x slower.)
+  if (K32 < K) {
     const __mmask32 take = static_cast<__mmask32>((1u << (K - K32)) - 1);
     for (int r = 0; r < RR; ++r) {
       const __m512bh wt = (__m512bh)_mm512_maskz_loadu_epi16(take, w + (n + r * S) * K + K32);
