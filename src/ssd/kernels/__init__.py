@@ -122,14 +122,17 @@ def _avx512_flags() -> list[str]:
     amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
     if amx and os.environ.get("SSD_CPU_AMX", "1") != "0":  # benchmarks compare both builds
         flags += ["-mamx-tile", "-mamx-int8"]
-    if os.environ.get("SSD_CPU_BF16_DOT", "1" if _amd() else "0") != "0":
-        flags += ["-DSSD_CPU_BF16_DOT"]
+    amd = _amd()
+    for tuning in ("SSD_CPU_BF16_DOT", "SSD_CPU_L2_PREFETCH"):  # benchmarks compare both builds
+        if os.environ.get(tuning, "1" if amd else "0") != "0":
+            flags += [f"-D{tuning}"]
     return flags
 
 
 def _amd() -> bool:
-    """AMD's AVX-512 cores (Zen 4 on) issue vdpbf16ps at the FMA rate; the Xeons measured, at a
-    quarter of it (docs/performance.md, findings 11 and 42)."""
+    """AMD's AVX-512 cores (Zen 4 on) issue vdpbf16ps at the FMA rate (the Xeons measured, at a
+    quarter of it) and stream int8 tiles faster prefetching into L2 than into L1
+    (docs/performance.md, findings 11, 42 and 44)."""
     try:
         return "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
     except OSError:

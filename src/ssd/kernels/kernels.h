@@ -26,6 +26,13 @@
 #define SSD_BF16_DOT 0
 #endif
 
+// The int8 tiles' prefetches into L2 instead of L1, where the build asks for it (AMD's cores).
+#if SSD_AVX512 && defined(SSD_CPU_L2_PREFETCH)
+#define SSD_L2_PREFETCH 1
+#else
+#define SSD_L2_PREFETCH 0
+#endif
+
 namespace ssd_kernels {
 
 // out [M, N] = x [M, K] w^T (* scale per output row for int8 w) (+ bias), all in fp32.
