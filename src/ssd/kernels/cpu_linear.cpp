@@ -66,23 +66,20 @@ constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // AVX-512 tiles: the bytes the next block reads at this k (`next` elements on) into the outer
-// caches (hint T2), and this row's bytes 1 KB on into L1.
-template <typename W>
+// caches (hint T2), and this row's bytes 1 KB on into L1 or, with `L2`, 4 KB on into L2 (hint
+// T1). The int8 tiles take L2 on Zen 4 (kInt8PrefetchL2): an L1 prefetch holds one of the
+// core's few L1 miss buffers until its line comes from memory, and at four x rows a tile issues
+// them too slowly to keep enough lines in flight. `kernel_ab.py --int8 --together --threads 1`:
+// [4864, 896] at M = 4 1.31 x, [896, 4864] 1.10 x, M = 1 and 5 0.95-1.08 x (finding 44).
+template <bool L2 = false, typename W>
 inline void prefetch_ahead(const W* p, int64_t next) {
   _mm_prefetch(reinterpret_cast<const char*>(p + next), _MM_HINT_T2);
-  _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+  if constexpr (L2)
+    _mm_prefetch(reinterpret_cast<const char*>(p) + 4096, _MM_HINT_T1);
+  else
+    _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
 }
-
-// The same for the int8 tiles on Zen 4, but this row's bytes 4 KB on into L2 (hint T1): an L1
-// prefetch holds one of the core's few L1 miss buffers until its line comes from memory, and
-// at four x rows a tile issues them too slowly to keep enough lines in flight. `kernel_ab.py
-// --int8 --together --threads 1`: [4864, 896] at M = 4 1.31 x, [896, 4864] 1.10 x, M = 1 and 5
-// 0.95-1.08 x (finding 44).
-template <typename W>
-inline void prefetch_l2(const W* p, int64_t next) {
-  _mm_prefetch(reinterpret_cast<const char*>(p + next), _MM_HINT_T2);
-  _mm_prefetch(reinterpret_cast<const char*>(p) + 4096, _MM_HINT_T1);
-}
+constexpr bool kInt8PrefetchL2 = SSD_L2_PREFETCH;
 
 // Where the next block's row lies from this one (see matmul): the next row of the same run, or
 // R rows on where a task holds one block (runs of one row).
@@ -299,11 +296,7 @@ inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, cons
     for (int r = 0; r < RR; ++r) {
       const int8_t* row = w + (n + r * S) * K + k;
       wu[r] = _mm512_xor_si512(flip, _mm512_loadu_si512(row));
-#if SSD_L2_PREFETCH
-      prefetch_l2(row, next_block(S, K));
-#else
-      prefetch_ahead(row, next_block(S, K));
-#endif
+      prefetch_ahead<kInt8PrefetchL2>(row, next_block(S, K));
     }
     for (int i = 0; i < MT; ++i) {
       const __m512i xv = _mm512_loadu_si512(xq + (m0 + i) * K + k);
