@@ -49,6 +49,9 @@ using ssd_simd::load8;
 using ssd_simd::to_float;
 
 constexpr int R = 4;  // weight rows per block
+// Unrolls the next loop before GCC allocates registers, so that an array of accumulators lives
+// in registers (see tile_vnni).
+#define SSD_UNROLL _Pragma("GCC unroll 8")
 
 // A tile reads R weight rows side by side; where rows are short (int8 rows of 896 bytes) the
 // hardware prefetcher does not catch up with R interleaved streams before they end. Asking for
@@ -282,28 +285,42 @@ at::Tensor to_bf16(const float* x, int64_t M, int64_t K) {
 // (`xc`). The same integers as tile_q8, so the same outputs. Against the 7-bit blocks of 32
 // (which also converted and scaled every block's sum: three instructions), `python
 // benchmarks/kernel_ab.py --int8 --threads 1 --together` at four and five x rows: [4864, 896]
-// 1.02-1.08 x, [896, 4864] 1.02-1.15 x.
+// 1.02-1.08 x, [896, 4864] 1.02-1.15 x. Up to six x rows against four weight rows (24
+// accumulators, the four weight vectors, x and the flip: 30 of 32 registers).
+//
+// Every loop over the tile's registers is unrolled by GCC before it allocates them (SSD_UNROLL):
+// unrolled later, GCC 12 kept acc[MT][RR] as an array, copying each accumulator to a scratch
+// register and back around its vpdpbusd and storing some to the stack at every step. In cache
+// (`kernel_ab.py --int8 --together --threads 1 --matrices 1`, [4864, 896]) four x rows went from
+// 24 to 29 GB/s and five from 16 to 25; from memory (120 matrices) 1.28 x and 1.54 x.
 template <int MT, int RR>
 inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, const int8_t* w,
                       float* out, int64_t K, int64_t N, int64_t m0, int64_t n, int64_t S) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const int64_t K64 = K / 64 * 64;
   __m512i acc[MT][RR];
+SSD_UNROLL
   for (int i = 0; i < MT; ++i)
+SSD_UNROLL
     for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_setzero_si512();
   for (int64_t k = 0; k < K64; k += 64) {
     __m512i wu[RR];
+SSD_UNROLL
     for (int r = 0; r < RR; ++r) {
       const int8_t* row = w + (n + r * S) * K + k;
       wu[r] = _mm512_xor_si512(flip, _mm512_loadu_si512(row));
       prefetch_ahead<kInt8PrefetchL2>(row, next_block(S, K));
     }
+SSD_UNROLL
     for (int i = 0; i < MT; ++i) {
       const __m512i xv = _mm512_loadu_si512(xq + (m0 + i) * K + k);
+SSD_UNROLL
       for (int r = 0; r < RR; ++r) acc[i][r] = _mm512_dpbusd_epi32(acc[i][r], wu[r], xv);
     }
   }
+SSD_UNROLL
   for (int i = 0; i < MT; ++i)
+SSD_UNROLL
     for (int r = 0; r < RR; ++r) {
       const int64_t m = m0 + i;
       const int32_t dot = _mm512_reduce_add_epi32(acc[i][r]) +
@@ -450,7 +467,8 @@ inline void single(const float* x, const c10::BFloat16* w, float* out, int64_t K
 // tile(MT, RR, m0, n', S) with MT and RR as compile-time constants (RR weight rows per call: with
 // 16 vector registers, 4 for one or two x rows, whose accumulators then still hide the FMA
 // latency, 2 beyond so that MT * RR fit; with 32 (`Wide`, AVX-512), 4 up to five x rows, and up
-// to six where a step needs no widened weights (`Six`: tile_dot's 24 accumulators, 4 weights, x).
+// to six where a step needs no widened weights (`Six`: tile_dot's and tile_vnni's 24
+// accumulators, 4 weights, x).
 template <bool Wide, bool Six = false, typename Tile>
 inline void block(const Tile& tile, int64_t mt, int64_t m0, int64_t n, int64_t S) {
   using std::integral_constant;
@@ -701,7 +719,7 @@ void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts
     matmul_amx(xq.data(), xs.data(), M, K, Ns, wps, os, single);
   else
 #endif
-    matmul<wide>(M, Ns, product, single);
+    matmul<wide, wide>(M, Ns, product, single);
   for (int64_t p = 0; p < P; ++p) {
     const at::Tensor sc = parts[p].scale->to(at::kFloat).contiguous();
     const float* sp = sc.data_ptr<float>();
