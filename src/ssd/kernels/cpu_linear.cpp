@@ -69,20 +69,21 @@ constexpr int64_t kAhead16 = 4096;  // bytes, bf16 rows against three or more x 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // AVX-512 tiles: the bytes the next block reads at this k (`next` elements on) into the outer
-// caches (hint T2), and this row's bytes 1 KB on into L1 or, with `L2`, 4 KB on into L2 (hint
-// T1). The int8 tiles take L2 on Zen 4 (kInt8PrefetchL2): an L1 prefetch holds one of the
-// core's few L1 miss buffers until its line comes from memory, and at four x rows a tile issues
-// them too slowly to keep enough lines in flight. `kernel_ab.py --int8 --together --threads 1`:
-// [4864, 896] at M = 4 1.31 x, [896, 4864] 1.10 x, M = 1 and 5 0.95-1.08 x (finding 44).
-template <bool L2 = false, typename W>
+// caches (hint T2), and this row's bytes 1 KB on into L1 (`Near`, hint T0) and/or 4 KB on into
+// L2 (`Far`, hint T1). On Zen 4 (kFarPrefetch) the int8 tiles ask L2 alone: an L1 prefetch holds
+// one of the core's few L1 miss buffers until its line comes from memory, and at four x rows a
+// tile issues them too slowly to keep enough lines in flight. `kernel_ab.py --int8 --together
+// --threads 1`: [4864, 896] at M = 4 1.31 x, [896, 4864] 1.10 x, M = 1 and 5 0.95-1.08 x
+// (finding 44); both prefetches, 1.01-1.02 x more. The bf16 tile_dot there asks both: against the
+// L1 one alone, [8960, 1536] 1.09-1.14 x at M = 1 and 5 on one thread and 1.06-1.10 x on two,
+// [1536, 8960] 1.02-1.14 x; L2 alone 0.96-0.99 x (finding 45).
+template <bool Near = true, bool Far = false, typename W>
 inline void prefetch_ahead(const W* p, int64_t next) {
   _mm_prefetch(reinterpret_cast<const char*>(p + next), _MM_HINT_T2);
-  if constexpr (L2)
-    _mm_prefetch(reinterpret_cast<const char*>(p) + 4096, _MM_HINT_T1);
-  else
-    _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+  if constexpr (Near) _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+  if constexpr (Far) _mm_prefetch(reinterpret_cast<const char*>(p) + 4096, _MM_HINT_T1);
 }
-constexpr bool kInt8PrefetchL2 = SSD_L2_PREFETCH;
+constexpr bool kFarPrefetch = SSD_L2_PREFETCH;
 
 // Where the next block's row lies from this one (see matmul): the next row of the same run, or
 // R rows on where a task holds one block (runs of one row).
@@ -248,7 +249,7 @@ inline void tile_dot(const c10::BFloat16* xb, const c10::BFloat16* w, float* out
     for (int r = 0; r < RR; ++r) {
       const c10::BFloat16* row = w + (n + r * S) * K + k;
       wv[r] = (__m512bh)_mm512_loadu_si512(row);
-      prefetch_ahead(row, next_block(S, K));
+      prefetch_ahead<true, kFarPrefetch>(row, next_block(S, K));
     }
     for (int i = 0; i < MT; ++i) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + (m0 + i) * K + k);
@@ -309,7 +310,7 @@ SSD_UNROLL
     for (int r = 0; r < RR; ++r) {
       const int8_t* row = w + (n + r * S) * K + k;
       wu[r] = _mm512_xor_si512(flip, _mm512_loadu_si512(row));
-      prefetch_ahead<kInt8PrefetchL2>(row, next_block(S, K));
+      prefetch_ahead<!kFarPrefetch, kFarPrefetch>(row, next_block(S, K));
     }
 SSD_UNROLL
     for (int i = 0; i < MT; ++i) {

@@ -26,7 +26,8 @@
 #define SSD_BF16_DOT 0
 #endif
 
-// The int8 tiles' prefetches into L2 instead of L1, where the build asks for it (AMD's cores).
+// The AVX-512 tiles' prefetches 4 KB ahead into L2 (the int8 tiles' instead of 1 KB ahead into
+// L1), where the build asks for it (AMD's cores).
 #if SSD_AVX512 && defined(SSD_CPU_L2_PREFETCH)
 #define SSD_L2_PREFETCH 1
 #else
