@@ -132,7 +132,7 @@ def _avx512_flags() -> list[str]:
 def _amd() -> bool:
     """AMD's AVX-512 cores (Zen 4 on) issue vdpbf16ps at the FMA rate (the Xeons measured, at a
     quarter of it) and stream their tiles faster prefetching into L2 too (docs/performance.md,
-    findings 11, 42, 44 and 45)."""
+    findings 11, 42, 44 and 46)."""
     try:
         return "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -76,7 +76,7 @@ inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), 
 // --threads 1`: [4864, 896] at M = 4 1.31 x, [896, 4864] 1.10 x, M = 1 and 5 0.95-1.08 x
 // (finding 44); both prefetches, 1.01-1.02 x more. The bf16 tile_dot there asks both: against the
 // L1 one alone, [8960, 1536] 1.09-1.14 x at M = 1 and 5 on one thread and 1.06-1.10 x on two,
-// [1536, 8960] 1.02-1.14 x; L2 alone 0.96-0.99 x (finding 45).
+// [1536, 8960] 1.02-1.14 x; L2 alone 0.96-0.99 x (finding 46).
 template <bool Near = true, bool Far = false, typename W>
 inline void prefetch_ahead(const W* p, int64_t next) {
   _mm_prefetch(reinterpret_cast<const char*>(p + next), _MM_HINT_T2);
@@ -293,7 +293,8 @@ at::Tensor to_bf16(const float* x, int64_t M, int64_t K) {
 // unrolled later, GCC 12 kept acc[MT][RR] as an array, copying each accumulator to a scratch
 // register and back around its vpdpbusd and storing some to the stack at every step. In cache
 // (`kernel_ab.py --int8 --together --threads 1 --matrices 1`, [4864, 896]) four x rows went from
-// 24 to 29 GB/s and five from 16 to 25; from memory (120 matrices) 1.28 x and 1.54 x.
+// 24 to 29 GB/s and five from 16 to 25; from memory (120 matrices) 1.28 x and 1.54 x (finding
+// 45).
 template <int MT, int RR>
 inline void tile_vnni(const int8_t* xq, const float* xs, const int32_t* xc, const int8_t* w,
                       float* out, int64_t K, int64_t N, int64_t m0, int64_t n, int64_t S) {
@@ -720,7 +721,7 @@ void linear_f32(const float* xf, int64_t M, const std::vector<Projection>& parts
     matmul_amx(xq.data(), xs.data(), M, K, Ns, wps, os, single);
   else
 #endif
-    matmul<wide, wide>(M, Ns, product, single);
+    matmul<wide, /*Six=*/wide>(M, Ns, product, single);
   for (int64_t p = 0; p < P; ++p) {
     const at::Tensor sc = parts[p].scale->to(at::kFloat).contiguous();
     const float* sp = sc.data_ptr<float>();
