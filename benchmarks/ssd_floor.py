@@ -5,11 +5,12 @@ arithmetic at five rows is slower than its share of the bus, the round cannot ge
 measures, on one thread (SSD's target and draft each have one core of two), the rate of the
 kernels with their weights already in cache (one matrix that fits L3, called over and over) and
 from memory, for the rows each side feeds: the target verifies K+1 rows (bf16), the draft's
-glue pass and K tree steps feed `budget` rows (int8), and each missed round drafts K tokens
-one row at a time before verification can start. From a bench JSON's τ, hit rate and bytes:
+K tree steps feed `budget` rows (int8; the glue is carried), and each missed round drafts K
+tokens one row at a time before verification can start. From a bench JSON's τ, hit rate and
+bytes:
 
     round = max(target bytes / rate(bf16, K+1),
-                (K+1) draft bytes / rate(int8, budget) + (1 - hits) K draft bytes / rate(int8, 1))
+                K draft bytes / rate(int8, budget) + (1 - hits) K draft bytes / rate(int8, 1))
 
 and SSD's tok/s at that round (τ per round) against the bandwidth ceiling the bench printed.
 
@@ -97,7 +98,7 @@ def main() -> None:
     for cached, label in ((True, "weights in cache (floor)"), (False, "weights from memory")):
         # the best rates: what each side can do alone, at its best moment
         target = bt / 1e9 / best[k + 1, False, cached]
-        draft = (k + 1) * bd / 1e9 / best[budget, True, cached]
+        draft = k * bd / 1e9 / best[budget, True, cached]
         miss = (1 - hits) * k * bd / 1e9 / best[1, True, False]
         tok_s = tau / max(target, draft + miss)
         print(

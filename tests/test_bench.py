@@ -43,10 +43,14 @@ def test_ceilings_follow_the_bytes_of_each_mode_and_its_cores():
     assert rows["hf"]["ceiling_tok_s"] == rows["ar"]["ceiling_tok_s"]
     assert rows["sd"]["ceiling_tok_s"] == pytest.approx(3 * 600 / (4 * 50 + 300))
     assert rows["sd-target-cores"]["ceiling_tok_s"] == pytest.approx(3 * 300 / (2 * 50 + 300))
-    # SSD: the target verifies 300 B on one core (1 s) while the draft streams 5 x 50 B on the
-    # other (0.83 s), 550 B over the shared bus (0.92 s): the target's core sets the round
+    # SSD: the target verifies 300 B on one core (1 s) while the draft streams 4 x 50 B on the
+    # other (0.67 s), 500 B over the shared bus (0.83 s): the target's core sets the round
     assert rows["ssd"]["ceiling_tok_s"] == pytest.approx(3 / 1.0)
     assert rows["sd"]["model_x_ar"] == pytest.approx((300 / 600) / ((4 * 50 + 300) / 600 / 3))
+    # an 80 B draft: its K passes a round (the tree steps; the glue comes carried) take 1.07 s
+    # on its core, longer than the verification
+    bench.ceilings(modes, result, b_target=300, b_draft=80, k=4, bw={1: 300 * gb_s, 2: 600 * gb_s})
+    assert rows["ssd"]["ceiling_tok_s"] == pytest.approx(3 / (4 * 80 / 300))
 
 
 def test_the_table_shows_every_mode_and_its_ratios():

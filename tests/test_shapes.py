@@ -23,7 +23,7 @@ from ssd.sampling import verify_chain
 
 STEPS = {
     ssd.engine.target: ["decode_step", "verify_step"],
-    ssd.engine.draft_model: ["fill_step", "draft_step", "glue_step", "tree_step"],
+    ssd.engine.draft_model: ["fill_step", "draft_step", "glue_step", "tree_step", "move_step"],
     ssd.steps: ["probs_from_logits", "verify_chain", "draw", "sample", "saguaro_q"],
 }
 
@@ -46,13 +46,17 @@ def test_every_step_meets_its_annotated_shapes(mode, checkpoints, monkeypatch):
             counted.__name__ = name
             monkeypatch.setattr(module, name, counted)
     path = checkpoints["qwen2"]
-    llm = LLM(path, draft=path, mode=mode, k=3, max_batch=4)
     prompts = [random_tokens(n, seed=n) for n in (4, 9, 6)]
-    for t in (0.0, 0.8):
-        params = SamplingParams(temperature=t, max_tokens=6, seed=3, ignore_eos=True)
-        llm.generate(prompts, params, use_tqdm=False)
+    # SSD: a round that hits everywhere moves its branch's KV home; after an n-gram guess (the
+    # fast backup) a glue pass computes the glue
+    for backup in ["neural", "fast"] if mode == "ssd" else [None]:
+        options = {"backup": backup} if backup else {}
+        llm = LLM(path, draft=path, mode=mode, k=3, max_batch=4, **options)
+        for t in (0.0, 0.8):
+            params = SamplingParams(temperature=t, max_tokens=12, seed=3, ignore_eos=True)
+            llm.generate(prompts, params, use_tqdm=False)
     expected = {"decode_step", "fill_step", "verify_step", "probs_from_logits", "verify_chain"}
-    expected |= {"draft_step"} if mode == "sd" else {"glue_step", "tree_step"}
+    expected |= {"draft_step"} if mode == "sd" else {"glue_step", "tree_step", "move_step"}
     assert expected <= set(calls), sorted(calls)
 
 

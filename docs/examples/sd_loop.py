@@ -52,7 +52,7 @@ def speculative_generate(target_dir, draft_dir, prompt, n, params, k=4, seed=0):
         # Draft K tokens and the rows q they were drawn from.
         metas = [meta(last - 1, 2)] + [meta(last + d, 1) for d in range(1, k)]
         tokens0 = torch.tensor([seq[-2:]])
-        kv_d, drafts, q, _ = draft_step(draft.params, draft.cfg, kv_d, tokens0, metas, st, key)
+        kv_d, drafts, q, _, _ = draft_step(draft.params, draft.cfg, kv_d, tokens0, metas, st, key)
         # The target verifies [r, s_1..s_K] in one forward and draws the next token.
         path = torch.cat([torch.tensor([[seq[-1]]]), drafts], 1)
         kv_t, out = verify_step(

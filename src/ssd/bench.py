@@ -14,9 +14,10 @@ the bytes it streams per token (docs/performance.md; bandwidth measured on one c
 of them once per repeat, the median used, since the machine's drifts): AR streams every weight
 but the input embedding once per token; SD streams its draft passes (K, or the measured mean
 after early stops) and one verification per round of τ tokens; SSD's round is the slowest of
-its verification on the target's cores, its K+1 draft passes (glue and tree) on the last core,
-and both over the shared bus. The speed model's predicted ratio to AR (those byte counts with
-the measured τ) is printed beside the measured ratio.
+its verification on the target's cores, its K draft passes (the tree steps: the glue comes
+carried with the speculation) on the last core, and both over the shared bus. The speed
+model's predicted ratio to AR (those byte counts with the measured τ) is printed beside the
+measured ratio.
 
     ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
         [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]
@@ -261,7 +262,7 @@ def ceilings(
     """Per mode: bytes per token, the ceiling tok/s, predicted ratio to AR. `bw[n]` is the
     bandwidth n cores reach: one core streams about half of what two do, so a mode's ceiling
     is set by the cores it runs on, and SSD's round by the slower of its target (verifying on
-    its cores), its draft (K+1 passes on the last core) and the shared bus (both at once)."""
+    its cores), its draft (K passes on the last core) and the shared bus (both at once)."""
     every = max(bw)
     bps = {n: gb_s * 1e9 for n, gb_s in bw.items()}
     for mode in modes:
@@ -276,7 +277,7 @@ def ceilings(
             passes = m.get("drafted_per_round") or k  # fewer than K after early stops
             seconds = (passes * b_draft + b_target) / cores / tau
         elif mode.name == "ssd" and tau:
-            draft = (k + 1) * b_draft
+            draft = k * b_draft  # the tree steps; a glue pass only after an n-gram guess
             apart = max(b_target / cores, draft / bps[1])
             seconds = max(apart, (draft + b_target) / bps[every]) / tau
             # A miss drafts K tokens on the spot before verifying: the ceiling at the measured

@@ -156,6 +156,7 @@ def tree_meta(
     scratch_starts: Sequence[int],
     page_size: int,
     *,
+    starts: Sequence[Sequence[int]] | None = None,
     q_len: int | None = None,
     max_pages: int | None = None,
     device: str | torch.device = "cpu",
@@ -167,15 +168,36 @@ def tree_meta(
     feeds its t-th token at position ``prefix_len + depth + 1 + t``, writes it to scratch slot
     ``scratch_starts[b] + t * n_b + i`` (n_b branches) and attends to the prefix, glue 0..depth
     and its own scratch slots of steps 0..t. `tables[b]` must cover the scratch region.
+
+    A branch with start 1 (`starts[b][i]`; default 0) forks after the last glue token, whose KV
+    is not written yet: it decodes one step later, and in step 0 feeds that glue token at its
+    position ``prefix_len + depth``. The sequence's first such branch (its lead) writes it to its
+    glue slot and sees the glue before it; the others write their own scratch slot (a copy whose
+    output is dropped), so that from step 1 on every branch sees the whole glue.
     """
     positions, slots, allowed, context = [], [], [], []
-    for p, ds, s0 in zip(prefix_lens, depths, scratch_starts, strict=True):
+    for b, (p, ds, s0) in enumerate(zip(prefix_lens, depths, scratch_starts, strict=True)):
         n = len(ds)
-        positions.append([p + d + 1 + step for d in ds])
-        slots.append([s0 + step * n + i for i in range(n)])
-        allowed.append(
-            [(p + d + 1, [s0 + t * n + i for t in range(step + 1)]) for i, d in enumerate(ds)]
-        )
+        first = [0] * n if starts is None else list(starts[b])
+        lead = first.index(1) if 1 in first else -1
+        pos, slot, allow = [], [], []
+        for i, (d, start) in enumerate(zip(ds, first, strict=True)):
+            scratch = s0 + step * n + i
+            if step >= start:
+                pos.append(p + d + 1 + step - start)
+                slot.append(scratch)
+                allow.append((p + d + 1, [s0 + t * n + i for t in range(start, step + 1)]))
+            elif i == lead:
+                pos.append(p + d)
+                slot.append(p + d)
+                allow.append((p + d + 1, []))
+            else:
+                pos.append(p + d)
+                slot.append(scratch)
+                allow.append((p + d, [scratch]))
+        positions.append(pos)
+        slots.append(slot)
+        allowed.append(allow)
         context.append(s0 + (step + 1) * n)
     return _build(tables, positions, slots, context, allowed, page_size, q_len, max_pages, device)
 

@@ -113,19 +113,26 @@ def draft_step(
     keys: Int[Tensor, "B 2"],
     fanout: Int[Tensor, "B K"] | None = None,
     c: Float[Tensor, " B"] | None = None,
-) -> tuple[KVCache, Int[Tensor, "B K"], Float[Tensor, "B K V"] | None, Float[Tensor, "B K"]]:
+) -> tuple[
+    KVCache,
+    Int[Tensor, "B K"],
+    Float[Tensor, "B K V"] | None,
+    Float[Tensor, "B K"],
+    Float[Tensor, "B K V"],
+]:
     """Draft K = len(metas) tokens per sequence with their proposal rows q.
 
     The first forward feeds `tokens0`: [B, 2] = the token before the last committed one and the
     last committed one r (re-writing the former's KV makes the draft cache whole again whatever
     the previous round accepted), or [B, 1] = the token just drafted when a round is drafted one
     call per token; each later forward feeds the token just drafted. `fanout` [B, K] and `c` [B]
-    turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V], conf [B, K]); q is None
-    for an all-greedy batch, whose drafts are point masses on the draft's argmax; conf is the
-    probability the draft gave each drafted token (greedy: its softmax at the argmax), which an
-    early stop of the drafting reads.
+    turn on Saguaro sampling. Returns (kv, tokens [B, K], q [B, K, V], conf [B, K], logits
+    [B, K, V]); q is None for an all-greedy batch, whose drafts are point masses on the draft's
+    argmax; conf is the probability the draft gave each drafted token (greedy: its softmax at the
+    argmax), which an early stop of the drafting reads; logits are the rows each token was drawn
+    from, which the speculation cache ranks outcomes by (the glue the chain already computed).
     """
-    out, qs, confs = [], [], []
+    out, qs, confs, rows = [], [], [], []
     inp = tokens0
     draft_keys = None if st.greedy else rnd.fold_in(keys, DRAFT)  # greedy rounds draw nothing
     last = torch.full_like(tokens0[:, :1], tokens0.shape[1] - 1)
@@ -142,9 +149,10 @@ def draft_step(
             qs.append(q)
         out.append(tok)
         confs.append(conf)
+        rows.append(logits[:, -1])
         inp = tok[:, None]
     q_rows = torch.stack(qs, 1) if qs else None
-    return kv, torch.stack(out, 1), q_rows, torch.stack(confs, 1)
+    return kv, torch.stack(out, 1), q_rows, torch.stack(confs, 1), torch.stack(rows, 1)
 
 
 def verify_step(
@@ -189,30 +197,77 @@ def tree_step(
     metas: Sequence[AttentionMeta],
     st: SamplingTensors,
     keys: Int[Tensor, "B 2"],
-    fanout: Int[Tensor, "B K"] | None = None,
+    fanout: Int[Tensor, "B M S"] | None = None,
     c: Float[Tensor, " B"] | None = None,
-) -> tuple[KVCache, Int[Tensor, "B M K"], Float[Tensor, "B M K V"] | None]:
-    """Decode K = len(metas) steps over all branches at once: roots [B, M] are the candidate
+    rank: Int[Tensor, "B M"] | None = None,
+) -> tuple[
+    KVCache,
+    Int[Tensor, "B M S"],
+    Float[Tensor, "B M S V"] | None,
+    Float[Tensor, "B M S V"],
+    Int[Tensor, "B M"],
+]:
+    """Decode S = len(metas) steps over all branches at once: roots [B, M] are the candidate
     recovery/bonus tokens; each branch is an independent chain (mask and positions in `metas`).
-    Returns (kv, tokens [B, M, K], q [B, M, K, V]) — the next speculation for each outcome; q is
-    None for an all-greedy batch (point masses on the draft's argmax)."""
+    `fanout` [B, M, S] is the Saguaro fan-out each branch's token of each step is drawn under.
+
+    `rank` [B, M] (-1 elsewhere), given to the call that runs step 0, marks the branches that
+    start a step late (`ssd.kv.tree_meta` starts): in step 0 they feed the last glue token, and
+    the one at rank j then takes the j-th likeliest token of the lead's logits (the glue's last
+    row) as its candidate. Returns (kv, tokens [B, M, S], q [B, M, S, V], logits [B, M, S, V],
+    the tokens the next step feeds [B, M]): the next speculation for each outcome, the rows its
+    tokens were drawn from (q None for an all-greedy batch: point masses on the draft's argmax)
+    and the draft's logits along it."""
     b, m = roots.shape
     st_m = st.repeat_rows(m)
     # greedy rounds draw nothing: no keys to derive
     branch_keys = None if st.greedy else rnd.fold_in(keys, DRAFT).repeat_interleave(m, 0)
     c_m = None if c is None else c.repeat_interleave(m)
-    out, qs = [], []
+    out, qs, rows = [], [], []
     inp = roots
     for d, meta in enumerate(metas):
         logits, kv = forward_unchecked(params, cfg, kv, inp, meta)
         if st.greedy:
             tok = logits.argmax(-1)
         else:
-            f = None if fanout is None else fanout[:, d].repeat_interleave(m)
+            f = None if fanout is None else fanout[:, :, d].flatten()
             q = proposal_probs(logits.flatten(0, 1), st_m, f, c_m)
             assert branch_keys is not None
             tok = draw(q, rnd.fold_in(branch_keys, meta.positions.flatten() + 1), False)
             qs.append(q.view(b, m, -1))
         out.append(tok.view(b, m))
+        rows.append(logits)
         inp = out[-1]
-    return kv, torch.stack(out, 2), torch.stack(qs, 2) if qs else None
+        if rank is not None and d == 0:
+            inp = late_candidates(logits, inp, rank)
+    q_rows = torch.stack(qs, 2) if qs else None
+    return kv, torch.stack(out, 2), q_rows, torch.stack(rows, 2), inp
+
+
+def late_candidates(
+    logits: Float[Tensor, "B M V"], tokens: Int[Tensor, "B M"], rank: Int[Tensor, "B M"]
+) -> Int[Tensor, "B M"]:
+    """`tokens`, but where rank >= 0 the rank-th likeliest token of the row's lead branch (its
+    rank 0) by `logits`: the candidates after the last glue token, once its logits are known."""
+    lead = (rank == 0).to(torch.int8).argmax(1)
+    row = logits[torch.arange(logits.shape[0], device=logits.device), lead]
+    top = row.topk(min(logits.shape[1], logits.shape[2]), -1).indices
+    return torch.where(rank >= 0, top.gather(1, rank.clamp(0, top.shape[1] - 1)), tokens)
+
+
+def move_step(
+    params: Params,
+    cfg: ModelConfig,
+    kv: KVCache,
+    src: Int[Tensor, " N"],
+    dst: Int[Tensor, " N"],
+) -> KVCache:
+    """Copy every layer's K/V from flat slots `src` to `dst` (-1 on both sides: nothing), all
+    read before any is written: a cached branch's KV, written by the tree in scratch slots,
+    becomes its sequence's own once the branch is sent."""
+    sink = kv.sink_page * kv.page_size
+    src, dst = (torch.where(x >= 0, x, sink) for x in (src, dst))
+    for pages in (kv.k_pages, kv.v_pages):
+        flat = pages.flatten(1, 2)
+        flat.index_copy_(1, dst, flat.index_select(1, src))
+    return KVCache(kv.k_pages, kv.v_pages)  # the successor state (the input is consumed)

@@ -2,11 +2,12 @@
 
 `DraftModel` is the target's `TargetModel` twin; the drafters (`ssd.engine.drafters`) decide
 what to draft, this class runs it: prompt prefill, K-step drafting, the glue pass along a sent
-path and lock-step tree decoding over candidate branches.
+path, lock-step tree decoding over candidate branches, and moving a sent branch's KV home.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,13 +21,27 @@ from ssd.engine.speculation import batch_inputs
 from ssd.jit import Step, length_buckets, pow2
 from ssd.kv import AttentionMeta, KVCache, pack_tokens, step_meta, tree_meta
 from ssd.models.loading import Model
-from ssd.steps import draft_step, fill_step, glue_step, tree_step
+from ssd.steps import draft_step, fill_step, glue_step, late_candidates, move_step, tree_step
 
 
 def draft_steps(jit: str) -> list[Step]:
-    """Every step the draft runs: glue, fill (prefill), draft (K steps), tree."""
-    fns = (glue_step, fill_step, draft_step, tree_step)
+    """Every step the draft runs: glue, fill (prefill), draft (K steps), tree, move (KV)."""
+    fns = (glue_step, fill_step, draft_step, tree_step, move_step)
     return [Step(fn, jit, persistent=(0, 2), donate=2) for fn in fns]
+
+
+@dataclasses.dataclass
+class Tree:
+    """What a tree decode over M branches of S steps gives back: tokens [b, M, S], q [b, M, S, V]
+    (None: greedy point masses), the draft's logits at each step (S tensors [b, M, V]), the
+    candidates that late branches took (roots where none did, [b, M]) and the flat KV slot each
+    branch wrote at each step [b, M, S]."""
+
+    tokens: Tensor
+    q: Tensor | None
+    logits: list[Tensor]
+    roots: Tensor
+    slots: Tensor
 
 
 class DraftModel:
@@ -58,7 +73,7 @@ class DraftModel:
         self.alloc.extend(self.pad_table, extra)
         self.device = kv.k_pages.device
         s: list[Any] = list(steps or draft_steps(jit))
-        self._forward, self._fill, self._draft, self._tree = s
+        self._forward, self._fill, self._draft, self._tree, self._move = s
 
     def close(self) -> None:
         if self.mesh is not None:
@@ -112,8 +127,9 @@ class DraftModel:
         saguaro_f: Tensor | None,
         c: Tensor | None,
         stop_below: float | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Up to K drafted tokens [b, k] and their q rows [b, k, V] (None: greedy point masses).
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Up to K drafted tokens [b, k], their q rows [b, k, V] (None: greedy point masses) and
+        the draft's logits each was drawn from [b, k, V].
 
         With `stop_below`, the round is drafted one call per token and ends early once every
         sequence's last drafted token had draft probability below it: a token the draft doubts
@@ -138,22 +154,24 @@ class DraftModel:
         tokens0 = torch.tensor(seqs, dtype=torch.int64, device=self.device)
         m = self.model
         if not stop_below:
-            self.kv, tokens, q, _ = self._draft(
+            self.kv, tokens, q, _, logits = self._draft(
                 m.params, m.cfg, self.kv, tokens0, metas, st, keys, saguaro_f, c
             )
-            return tokens, q
-        toks, qs, inp = [], [], tokens0
+            return tokens, q, logits
+        toks, qs, rows, inp = [], [], [], tokens0
         for d in range(self.k):
             f = None if saguaro_f is None else saguaro_f[:, d : d + 1]
-            self.kv, tok, q, conf = self._draft(
+            self.kv, tok, q, conf, logits = self._draft(
                 m.params, m.cfg, self.kv, inp, metas[d : d + 1], st, keys, f, c
             )
             toks.append(tok)
             qs.append(q)
+            rows.append(logits)
             inp = tok
             if bool((conf[:real, 0] < stop_below).all()):
                 break
-        return torch.cat(toks, 1), None if qs[0] is None else torch.cat(qs, 1)
+        q_all = None if qs[0] is None else torch.cat(qs, 1)
+        return torch.cat(toks, 1), q_all, torch.cat(rows, 1)
 
     def glue(self, batch: Sequence[Request], path: Tensor) -> Tensor:
         """Draft logits g [b, k+1, V] along the sent path [r, s_1..s_k], k <= K (writes its
@@ -175,6 +193,27 @@ class DraftModel:
         self.kv, g = self._forward(m.params, m.cfg, self.kv, path, meta)
         return g
 
+    def move(self, batch: Sequence[Request], src: Tensor) -> None:
+        """Copy the KV at flat slots src [b, n] (-1: none) to each request's glue slots, from its
+        last committed token r on: a cached branch just sent becomes the sequence's own."""
+        b, n = src.shape
+        ps = self.kv.page_size
+        dst = []
+        for i in range(b):
+            table, start = (
+                (self.pages[batch[i].id], batch[i].length - 1) if i < len(batch) else ([], 0)
+            )
+            dst.append(
+                [
+                    table[(start + j) // ps] * ps + (start + j) % ps if table else -1
+                    for j in range(n)
+                ]
+            )
+        to = torch.tensor(dst, dtype=torch.int64, device=self.device)
+        to = torch.where(src >= 0, to, -1)
+        m = self.model
+        self.kv = self._move(m.params, m.cfg, self.kv, src.flatten(), to.flatten())
+
     def tree(
         self,
         batch: Sequence[Request],
@@ -182,10 +221,17 @@ class DraftModel:
         saguaro_f: Tensor | None,
         c: Tensor | None,
         between: Callable[[], None] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """K tree-decode steps over all candidate branches: tokens [b, M, K], q [b, M, K, V]
-        (None: greedy point masses). With `between`, one call per step, `between()` after each:
-        the same tokens (a step's coins are keyed by its positions, not by its index)."""
+        late: Tensor | None = None,
+    ) -> Tree:
+        """K tree-decode steps over all candidate branches (`Tree`). With `between`, one call
+        per step, `between()` after each: the same tokens (a step's coins are keyed by its
+        positions, not by its index).
+
+        `late` [b, M] marks the branches that fork after the last glue token when its KV and
+        logits are still to come (`ssd.kv.tree_meta` starts): their roots are that token, step 0
+        writes its KV and they take its likeliest tokens as candidates, in their order. `saguaro_f`
+        [b, K] is per depth of the next speculation; a late branch draws its first token in
+        step 1."""
         b, st, keys = batch_inputs(batch, self.device)
         tables, mp = self._tables(batch, b)
         tables = tables[: len(batch)] + [self.pad_table] * (b - len(batch))
@@ -194,6 +240,7 @@ class DraftModel:
         prefix = [r.length - 1 for r in batch] + [0] * (b - len(batch))
         scratch = [p + self.k + 1 for p in prefix]
         m = len(depths[0])
+        start = torch.zeros_like(cands.depth) if late is None else late.long()
         metas = [
             tree_meta(
                 tables,
@@ -202,26 +249,43 @@ class DraftModel:
                 t,
                 scratch,
                 self.kv.page_size,
+                starts=None if late is None else start.tolist(),
                 q_len=m,
                 max_pages=mp,
                 device=self.device,
             )
             for t in range(self.k)
         ]
+        slots = torch.stack([x.slot_mapping[:, :m] for x in metas], 2)
+        rank = None
+        if late is not None:
+            rank = torch.where(late, late.long().cumsum(1) - 1, -1)
+        f = None
+        if saguaro_f is not None:  # each branch's step t drafts its depth t - start
+            steps = torch.arange(self.k, device=self.device)
+            depth = (steps - start[..., None]).clamp(min=0)
+            f = saguaro_f[:, None, :].expand(-1, m, -1).gather(2, depth)
         mo = self.model
         if between is None:
-            self.kv, tokens, q = self._tree(
-                mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, saguaro_f, c
+            self.kv, tokens, q, logits, _ = self._tree(
+                mo.params, mo.cfg, self.kv, cands.token, metas, st, keys, f, c, rank
             )
-            return tokens, q
-        toks, qs, inp = [], [], cands.token
+            rows = list(logits.unbind(2))
+            roots = cands.token if rank is None else late_candidates(rows[0], cands.token, rank)
+            return Tree(tokens, q, rows, roots, slots)
+        toks, qs, rows, inp = [], [], [], cands.token
+        roots = cands.token
         for d in range(self.k):
-            f = None if saguaro_f is None else saguaro_f[:, d : d + 1]
-            self.kv, tok, q = self._tree(
-                mo.params, mo.cfg, self.kv, inp, metas[d : d + 1], st, keys, f, c
+            fd = None if f is None else f[:, :, d : d + 1]
+            self.kv, tok, q, logits, inp = self._tree(
+                mo.params, mo.cfg, self.kv, inp, metas[d : d + 1], st, keys, fd, c, rank
             )
+            if d == 0 and late is not None:
+                roots = torch.where(late, inp, cands.token)
+            rank = None
             toks.append(tok)
             qs.append(q)
-            inp = tok[:, :, 0]
+            rows.append(logits[:, :, 0])
             between()
-        return torch.cat(toks, 2), None if qs[0] is None else torch.cat(qs, 2)
+        q_all = None if qs[0] is None else torch.cat(qs, 2)
+        return Tree(torch.cat(toks, 2), q_all, rows, roots, slots)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ssd import saguaro
-from ssd.engine.draft_model import DraftModel
+from ssd.engine.draft_model import DraftModel, Tree
 from ssd.engine.requests import Request
 from ssd.engine.speculation import Speculation, pad_rows
 from ssd.jit import pow2
@@ -57,7 +57,7 @@ class SDDrafter:
         return spec
 
     def answer(self, batch: Sequence[Request]) -> Speculation:
-        tokens, q = self.d.draft(batch, None, None, self.stop_below)
+        tokens, q, _ = self.d.draft(batch, None, None, self.stop_below)
         point = torch.full((tokens.shape[0],), q is None, dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
 
@@ -69,15 +69,29 @@ class SDDrafter:
 
 @dataclasses.dataclass
 class _Cache:
-    """The speculation cache built in the last round: per request row, M outcome branches."""
+    """The speculation cache built in the last round: per request row, M outcome branches of K
+    tree steps. A branch that started a step late holds K-1 tokens, at steps 1..K-1."""
 
     rows: dict[int, int]
     primary: list[bool]  # row built with its primary fan-out (not after a fast backup)
     fanouts: list[list[int]]  # each row's primary fan-out that round
     sent: list[list[float]]  # ranked fan-out: the draft's probability of each token sent
     cands: saguaro.Candidates
-    tokens: Tensor
-    q: Tensor | None  # None: greedy point masses
+    tree: Tree
+    start: Tensor  # [B, M]: the step each branch's speculation starts at (0, or 1 if late)
+
+
+@dataclasses.dataclass
+class _Carry:
+    """How much of its glue a round's speculation [r, s_1..s_L] already holds (computed while
+    drafting it): the draft's logits after r, s_1, .. [b, L+1, V] and their KV, at the flat slots
+    of the cached branch it came from [b, L+1] (-1: none), or None where the backup's chain wrote
+    it in place. Where `last` [b] is False the KV and logits after s_L are still to come (the
+    tree's first step computes them) and the last logits row is a stand-in, the one before it."""
+
+    logits: Tensor
+    last: Tensor
+    slots: Tensor | None
 
 
 @dataclasses.dataclass
@@ -88,6 +102,7 @@ class _Round:
     hit: list[bool]
     kind: str  # the backup that drafted the missed rows: "neural" or "fast"
     branch: tuple[Tensor, Tensor] | None  # cache rows and branches the hits were read from
+    carry: _Carry | None = None  # None: the build runs a glue pass
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -102,6 +117,12 @@ class SSDDrafter(SDDrafter):
     `saguaro.RankedFanout`: each round's branches on the outcomes the draft finds likeliest. A
     fixed or geometric fan-out gives, on a speculation shorter than K, the share of the depths
     not drafted to the doubted token's (`_fold`), and after a fast backup its budget to depth 0.
+
+    The logits and KV along a speculation come from the pass that drafted it (a tree branch, or
+    the chain of a batch that missed everywhere), so building the next cache needs no glue pass
+    over it: the tree's first step feeds the last drafted token beside the branches, and the
+    branches after accepting everything start one step later (`_Carry`). A batch mixing hits
+    with backups, or an n-gram guess, has its glue computed by a pass of its own.
     """
 
     def __init__(
@@ -136,6 +157,9 @@ class SSDDrafter(SDDrafter):
         # A list to log each round's draft view and outcome into (benchmarks/fanout_replay.py)
         self.record: list[dict] | None = None
         self._seen: dict[int, dict] = {}
+        # Carry the glue (above); K = 1 leaves a late branch no token, and a record logs the
+        # true logits after the last drafted token.
+        self.carry_glue = self.k >= 2
 
     def observe(
         self,
@@ -196,16 +220,21 @@ class SSDDrafter(SDDrafter):
         kind = self.backup if self.backup != "auto" else self.policy.choose(len(batch))
         f, c = self._saguaro(batch, b)
         self.round = rd = _Round(hit, kind, branch)
+        carry = self.carry_glue and self.record is None
         start = time.perf_counter()
         if all(hit):
             assert branch is not None
-            tokens, q = self._from_cache(batch, branch)
+            tokens, q, held = self._from_cache(batch, branch)
+            rd.carry = held if carry else None
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
             if kind == "neural":  # a batch with hits needs K tokens on every row
                 stop = None if any(hit) else self.stop_below
-                tokens, q = self.d.draft(batch, f, c, stop)
+                tokens, q, logits = self.d.draft(batch, f, c, stop)
                 rd.seconds["neural"] = time.perf_counter() - start
+                if carry and not any(hit):  # the chain wrote its KV in place
+                    last = torch.zeros(b, dtype=torch.bool, device=dev)
+                    rd.carry = _Carry(torch.cat([logits, logits[:, -1:]], 1), last, None)
             else:  # n-gram guesses: point masses, which need no q rows
                 guesses = [saguaro.ngram_guess(r.prompt + r.out, k) for r in batch]
                 guesses += [[0] * k] * (b - len(batch))
@@ -221,7 +250,7 @@ class SSDDrafter(SDDrafter):
         rd = self.round
         assert rd is not None, "prepare() before answer()"
         start = time.perf_counter()
-        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], rd.kind, between)
+        self._build(batch, spec.tokens, [bool(h) for h in spec.hit], rd, between)
         rd.seconds["build"] = time.perf_counter() - start
 
     def _lookup(self, batch: Sequence[Request]) -> tuple[list[bool], tuple[Tensor, Tensor] | None]:
@@ -268,9 +297,14 @@ class SSDDrafter(SDDrafter):
         q: Tensor | None,
         point: Tensor,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """The cached speculation on rows that hit, the backup's elsewhere. A row without q rows
-        (a greedy cache, an n-gram guess) is verified as a point mass on its tokens."""
-        cached_t, cached_q = self._from_cache(batch, branch)
+        """The cached speculation on rows that hit, the backup's elsewhere, both cut to the
+        shorter (a late branch holds K-1 tokens; a prefix of a proposal is one too). A row
+        without q rows (a greedy cache, an n-gram guess) is verified as a point mass."""
+        cached_t, cached_q, _ = self._from_cache(batch, branch)
+        n = min(cached_t.shape[1], tokens.shape[1])
+        cached_t, tokens = cached_t[:, :n], tokens[:, :n]
+        cached_q = None if cached_q is None else cached_q[:, :n]
+        q = None if q is None else q[:, :n]
         h = pad_rows(torch.tensor(hit, device=tokens.device), tokens.shape[0])
         tokens = torch.where(h[:, None], cached_t, tokens)
         point = torch.where(h, cached_q is None, point)
@@ -281,30 +315,53 @@ class SSDDrafter(SDDrafter):
 
     def _from_cache(
         self, batch: Sequence[Request], where: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, Tensor | None]:
-        assert self.cache is not None
+    ) -> tuple[Tensor, Tensor | None, _Carry]:
+        """The cached branches at `where` (cache rows, branches) as one speculation of the
+        length all of them hold (K, or K-1 where one started late), and what it carries."""
+        cache = self.cache
+        assert cache is not None
         idx, branch = where
-        b = pow2(len(batch))
-        tokens = pad_rows(self.cache.tokens[idx, branch], b)
-        q = None if self.cache.q is None else pad_rows(self.cache.q[idx, branch], b)
-        return tokens, q
+        b, k = pow2(len(batch)), self.k
+        start = pad_rows(cache.start[idx, branch], b)
+        n = k - int(start.max())
+        steps = start[:, None] + torch.arange(n + 1, device=start.device)  # [b, n+1]
+        held = steps < k
+        steps = steps.clamp(max=k - 1)  # past the last step: a stand-in, the step before
+        tree = cache.tree
+
+        def pick(x: Tensor, j: Tensor) -> Tensor:  # x [b, K, ...] at steps j [b, m]
+            at = j.view(*j.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
+            return x.gather(1, at)
+
+        tokens = pick(pad_rows(tree.tokens[idx, branch], b), steps[:, :n])
+        q = None if tree.q is None else pick(pad_rows(tree.q[idx, branch], b), steps[:, :n])
+        logits = pad_rows(torch.stack([x[idx, branch] for x in tree.logits], 1), b)
+        slots = pick(pad_rows(tree.slots[idx, branch], b, -1), steps)
+        carry = _Carry(pick(logits, steps), held[:, n], torch.where(held, slots, -1))
+        return tokens, q, carry
 
     def _build(
         self,
         batch: Sequence[Request],
         tokens: Tensor,
         hit: list[bool],
-        kind: str,
+        rd: _Round,
         between: Callable[[], None] | None = None,
     ) -> None:
-        """Glue, fork and tree-decode the outcomes of the speculation just sent (`between`:
-        after the glue and after each tree step)."""
-        b = tokens.shape[0]
-        r = torch.tensor([x.out[-1] for x in batch] + [0] * (b - len(batch)), device=self.d.device)
-        path = torch.cat([r[:, None], tokens], 1)
-        g = self.d.glue(batch, path)
-        if between is not None:
-            between()
+        """Glue (or carry the glue), fork and tree-decode the outcomes of the speculation just
+        sent (`between`: after the glue and after each tree step)."""
+        b, drafted = tokens.shape  # K, or fewer after an early stop or a late branch
+        carry = rd.carry
+        if carry is None:
+            r = [x.out[-1] for x in batch] + [0] * (b - len(batch))
+            path = torch.cat([torch.tensor(r, device=self.d.device)[:, None], tokens], 1)
+            g = self.d.glue(batch, path)
+            if between is not None:
+                between()
+        else:
+            if carry.slots is not None:
+                self.d.move(batch, carry.slots)
+            g = carry.logits
         temps = [r.params.temperature or 1.0 for r in batch] + [1.0] * (b - len(batch))
         temperature = torch.tensor(temps, device=self.d.device)
         sent: list[list[float]] = []  # the draft's probability of each token sent (ranked)
@@ -316,8 +373,7 @@ class SSDDrafter(SDDrafter):
             fanouts, primary, sent = fan.tolist(), [False] * b, top.drafted.tolist()
         else:
             fanouts = self._fanouts(batch, b)
-            drafted = tokens.shape[1]  # K, or fewer after an early stop
-            primary = [h or kind == "neural" for h in hit] + [True] * (b - len(hit))
+            primary = [h or rd.kind == "neural" for h in hit] + [True] * (b - len(hit))
             lists = [f if p else self.fast_fanout for f, p in zip(fanouts, primary, strict=True)]
             if drafted < self.k:  # outcomes 0..drafted only (`_fold`): no lesson for the estimator
                 lists = [_fold(f, drafted) for f in lists]
@@ -335,10 +391,16 @@ class SSDDrafter(SDDrafter):
                     "top": deep.token[i].tolist(),
                     "prob": deep.prob[i].tolist(),
                 }
+        late = None  # branches after accepting all, where s_L's logits are still to come
+        if carry is not None and not bool(carry.last.all()):
+            late = ~carry.last[:, None] & (cands.depth == drafted)
+            cands = saguaro.Candidates(torch.where(late, tokens[:, -1:], cands.token), cands.depth)
         f, c = self._saguaro(batch, b)
-        branch_tokens, branch_q = self.d.tree(batch, cands, f, c, between)
+        tree = self.d.tree(batch, cands, f, c, between, late)
         rows = {x.id: i for i, x in enumerate(batch)}
-        self.cache = _Cache(rows, primary, fanouts, sent, cands, branch_tokens, branch_q)
+        cands = saguaro.Candidates(tree.roots, cands.depth)
+        start = torch.zeros_like(cands.depth) if late is None else late.long()
+        self.cache = _Cache(rows, primary, fanouts, sent, cands, tree, start)
 
 
 def _fold(fanout: Sequence[int], drafted: int) -> list[int]:

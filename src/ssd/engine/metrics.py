@@ -1,8 +1,9 @@
 """Metrics of speculative decoding, one definition used everywhere (docs/design.md §5).
 
 - acceptance rate = accepted draft tokens / drafted tokens, K drafted per round unless SD's
-  early stop (`draft_stop`) ended a round sooner (tokens after the first rejection count as
-  drafted);
+  early stop (`draft_stop`) ended a round sooner or SSD sent a branch that started late (K-1);
+  tokens after the first rejection count as drafted, tokens after EOS / stop / the length
+  limit neither as drafted nor as accepted;
 - mean accepted length τ = committed tokens per round, including the bonus/recovery token,
   counting only tokens up to EOS / stop / the length limit;
 - per-position acceptance P(accepted ≥ i), i = 1..K.

@@ -91,11 +91,12 @@ class SpecRunner:
                 kept += 1
                 if req.append(tok, self.target.max_len):
                     break
-            # drafts after a stop were accepted but are not emitted: they do not count
+            # drafts after a stop are not emitted: they count neither as accepted nor as drafted
             counted = min(accepted[i], kept)
-            self.metrics.record(counted, kept, spec.hit[i], len(drafted[i]))
+            offered = len(drafted[i]) if kept > accepted[i] else counted
+            self.metrics.record(counted, kept, spec.hit[i], offered)
             assert req.acceptance is not None
-            req.acceptance.add_round(counted, kept, len(drafted[i]))
+            req.acceptance.add_round(counted, kept, offered)
             if spec.hit[i] is not None and accepted[i] == len(drafted[i]):
                 self.metrics.bonus_rounds += 1
                 self.metrics.bonus_predicted += bool(spec.hit[i])
