@@ -196,19 +196,15 @@ class DraftModel:
     def move(self, batch: Sequence[Request], src: Tensor) -> None:
         """Copy the KV at flat slots src [b, n] (-1: none) to each request's glue slots, from its
         last committed token r on: a cached branch just sent becomes the sequence's own."""
-        b, n = src.shape
         ps = self.kv.page_size
-        dst = []
-        for i in range(b):
-            table, start = (
-                (self.pages[batch[i].id], batch[i].length - 1) if i < len(batch) else ([], 0)
-            )
-            dst.append(
-                [
-                    table[(start + j) // ps] * ps + (start + j) % ps if table else -1
-                    for j in range(n)
-                ]
-            )
+
+        def slot(table: list[int], s: int) -> int:
+            return table[s // ps] * ps + s % ps
+
+        dst = [
+            [slot(self.pages[r.id], r.length - 1 + j) for j in range(src.shape[1])] for r in batch
+        ]
+        dst += [[-1] * src.shape[1]] * (src.shape[0] - len(batch))  # batch padding: nothing
         to = torch.tensor(dst, dtype=torch.int64, device=self.device)
         to = torch.where(src >= 0, to, -1)
         m = self.model
