@@ -11,6 +11,33 @@ from ssd.models import forward
 from ssd.scoring import Scorer
 
 
+def _decode(model, r, prefixes, depths, steps, scratch, rows, starts=None):
+    """Lock-step tree decode of `steps` steps; rows(t) gives each branch's token at step t.
+    Returns each branch's logits per step, got[b][i] = [logits at step 0, 1, ...]."""
+    for b, ds in enumerate(depths):  # scratch region after the glue, on any free pages
+        r.alloc.ensure(r.tables[b], scratch + steps * len(ds))
+    q_len, max_pages = max(map(len, depths)), max(map(len, r.tables))
+    got: list[list[list[torch.Tensor]]] = [[[] for _ in ds] for ds in depths]
+    for t in range(steps):
+        meta = tree_meta(
+            r.tables,
+            [len(p) for p in prefixes],
+            depths,
+            t,
+            [scratch] * len(prefixes),
+            r.page_size,
+            starts=starts,
+            q_len=q_len,
+            max_pages=max_pages,
+        )
+        logits, r.kv = forward(model.params, model.cfg, r.kv, pack_tokens(rows(t), q_len), meta)
+        assert torch.isfinite(logits).all()
+        for b, ds in enumerate(depths):
+            for i in range(len(ds)):
+                got[b][i].append(logits[b, i])
+    return got
+
+
 @pytest.mark.parametrize("name", ["llama3_scaled_gqa4_tied", "qwen3_tied"])
 def test_tree_branches_equal_each_branch_run_alone(name, models, hf_logits):
     """Two sequences (prefix + K+1 glue tokens each) decode all their branches together; every
@@ -25,27 +52,15 @@ def test_tree_branches_equal_each_branch_run_alone(name, models, hf_logits):
     ]
     r = Scorer(model, batch=2, page_size=4)
     r.feed([p + g for p, g in zip(prefixes, glues, strict=True)])
-    for b, ds in enumerate(depths):  # scratch region after the glue, on any free pages
-        r.alloc.ensure(r.tables[b], scratch + steps * len(ds))
-    q_len, max_pages = max(map(len, depths)), max(map(len, r.tables))
-    got: list[list[list[torch.Tensor]]] = [[[] for _ in ds] for ds in depths]
-    for t in range(steps):
-        meta = tree_meta(
-            r.tables,
-            [len(p) for p in prefixes],
-            depths,
-            t,
-            [scratch, scratch],
-            r.page_size,
-            q_len=q_len,
-            max_pages=max_pages,
-        )
-        tokens = pack_tokens([[br[t] for br in bs] for bs in branches], q_len)
-        logits, r.kv = forward(model.params, model.cfg, r.kv, tokens, meta)
-        assert torch.isfinite(logits).all()
-        for b, ds in enumerate(depths):
-            for i in range(len(ds)):
-                got[b][i].append(logits[b, i])
+    got = _decode(
+        model,
+        r,
+        prefixes,
+        depths,
+        steps,
+        scratch,
+        lambda t: [[br[t] for br in bs] for bs in branches],
+    )
     for b, ds in enumerate(depths):
         for i, d in enumerate(ds):
             seq = prefixes[b] + glues[b][: d + 1] + branches[b][i]
@@ -82,30 +97,14 @@ def test_late_branches_feed_the_last_glue_token_first(models, hf_logits):
     ]
     r = Scorer(model, batch=2, page_size=4)
     r.feed([p + g[:k] for p, g in zip(prefixes, glues, strict=True)])  # s_K not written
-    for b, ds in enumerate(depths):
-        r.alloc.ensure(r.tables[b], scratch + steps * len(ds))
-    q_len, max_pages = max(map(len, depths)), max(map(len, r.tables))
-    got: list[list[list[torch.Tensor]]] = [[[] for _ in ds] for ds in depths]
-    for t in range(steps):
-        meta = tree_meta(
-            r.tables,
-            [len(p) for p in prefixes],
-            depths,
-            t,
-            [scratch, scratch],
-            r.page_size,
-            starts=starts,
-            q_len=q_len,
-            max_pages=max_pages,
-        )
-        rows = [
+
+    def rows(t: int) -> list[list[int]]:  # a late branch feeds s_K in step 0
+        return [
             [glues[b][k] if t < s else br[t - s] for br, s in zip(bs, starts[b], strict=True)]
             for b, bs in enumerate(branches)
         ]
-        logits, r.kv = forward(model.params, model.cfg, r.kv, pack_tokens(rows, q_len), meta)
-        for b, ds in enumerate(depths):
-            for i in range(len(ds)):
-                got[b][i].append(logits[b, i])
+
+    got = _decode(model, r, prefixes, depths, steps, scratch, rows, starts)
     for b, ds in enumerate(depths):
         for i, (d, s) in enumerate(zip(ds, starts[b], strict=True)):
             seq = prefixes[b] + glues[b][: d + 1] + branches[b][i][: steps - s]
