@@ -201,7 +201,12 @@ class TensorParallelModel:
             if self.group.rank != 0:
                 follow(spec, self.group, make_steps)
                 dist.destroy_process_group()
-                sys.exit(0)
+                # Done serving: leave without the interpreter's teardown, where a native thread
+                # still running could abort the process ("terminate called without an active
+                # exception", about one exit in twelve).
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         else:
             self.group = self._spawn(spec, size, make_steps, startup_timeout_s)
         self.model = load_shard(spec, self.group)
