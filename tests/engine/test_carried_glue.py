@@ -37,8 +37,8 @@ def _same_cache(glue: SSDDrafter, carry: SSDDrafter) -> None:
     g, c = glue.cache, carry.cache
     assert torch.equal(g.cands.depth, c.cands.depth)
     assert torch.equal(g.cands.token, c.cands.token)
-    late = c.start.bool()
-    assert not g.start.bool().any() and late.any()
+    late = c.tree.start.bool()
+    assert not g.tree.start.bool().any() and late.any()
     for b, m in torch.nonzero(~late).tolist():  # full branches: the same K tokens
         assert torch.equal(g.tree.tokens[b, m], c.tree.tokens[b, m]), (b, m)
     for b, m in torch.nonzero(late).tolist():  # late branches: its first K-1, from step 1

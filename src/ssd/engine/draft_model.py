@@ -34,14 +34,16 @@ def draft_steps(jit: str) -> list[Step]:
 class Tree:
     """What a tree decode over M branches of S steps gives back: tokens [b, M, S], q [b, M, S, V]
     (None: greedy point masses), the draft's logits at each step (S tensors [b, M, V]), the
-    candidates that late branches took (roots where none did, [b, M]) and the flat KV slot each
-    branch wrote at each step [b, M, S]."""
+    candidates that late branches took (roots where none did, [b, M]), the flat KV slot each
+    branch wrote at each step [b, M, S] and the step each branch started at [b, M] (1: late, its
+    tokens at steps 1..S-1)."""
 
     tokens: Tensor
     q: Tensor | None
     logits: list[Tensor]
     roots: Tensor
     slots: Tensor
+    start: Tensor
 
 
 class DraftModel:
@@ -268,7 +270,7 @@ class DraftModel:
             )
             rows = list(logits.unbind(2))
             roots = cands.token if rank is None else late_candidates(rows[0], cands.token, rank)
-            return Tree(tokens, q, rows, roots, slots)
+            return Tree(tokens, q, rows, roots, slots, start)
         toks, qs, rows, inp = [], [], [], cands.token
         roots = cands.token
         for d in range(self.k):
@@ -284,4 +286,4 @@ class DraftModel:
             rows.append(logits[:, :, 0])
             between()
         q_all = None if qs[0] is None else torch.cat(qs, 2)
-        return Tree(torch.cat(toks, 2), q_all, rows, roots, slots)
+        return Tree(torch.cat(toks, 2), q_all, rows, roots, slots, start)

@@ -70,7 +70,7 @@ class SDDrafter:
 @dataclasses.dataclass
 class _Cache:
     """The speculation cache built in the last round: per request row, M outcome branches of K
-    tree steps. A branch that started a step late holds K-1 tokens, at steps 1..K-1."""
+    tree steps (`Tree`). A branch that started a step late holds K-1 tokens, at steps 1..K-1."""
 
     rows: dict[int, int]
     primary: list[bool]  # row built with its primary fan-out (not after a fast backup)
@@ -78,7 +78,6 @@ class _Cache:
     sent: list[list[float]]  # ranked fan-out: the draft's probability of each token sent
     cands: saguaro.Candidates
     tree: Tree
-    start: Tensor  # [B, M]: the step each branch's speculation starts at (0, or 1 if late)
 
 
 @dataclasses.dataclass
@@ -322,7 +321,7 @@ class SSDDrafter(SDDrafter):
         assert cache is not None
         idx, branch = where
         b, k = pow2(len(batch)), self.k
-        start = pad_rows(cache.start[idx, branch], b)
+        start = pad_rows(cache.tree.start[idx, branch], b)
         n = k - int(start.max())
         steps = start[:, None] + torch.arange(n + 1, device=start.device)  # [b, n+1]
         held = steps < k
@@ -399,8 +398,7 @@ class SSDDrafter(SDDrafter):
         tree = self.d.tree(batch, cands, f, c, between, late)
         rows = {x.id: i for i, x in enumerate(batch)}
         cands = saguaro.Candidates(tree.roots, cands.depth)
-        start = torch.zeros_like(cands.depth) if late is None else late.long()
-        self.cache = _Cache(rows, primary, fanouts, sent, cands, tree, start)
+        self.cache = _Cache(rows, primary, fanouts, sent, cands, tree)
 
 
 def _fold(fanout: Sequence[int], drafted: int) -> list[int]:
