@@ -126,9 +126,12 @@ def test_a_sharded_draft_gives_the_target_tokens(options, checkpoints):
 @pytest.mark.timeout(120)
 def test_a_dead_rank_is_an_error_not_a_hang(checkpoints):
     """A target rank that dies cannot be replaced (its shard is gone): the next step fails
-    with RuntimeError instead of waiting forever, and closing still works."""
+    with RuntimeError instead of waiting forever, and closing still works, freeing the group's
+    name for a later group whose store gets the same port."""
     import os
     import signal
+
+    import torch
 
     target = checkpoints["qwen2"]
     llm = LLM(target, max_batch=2, tensor_parallel=2)
@@ -137,4 +140,7 @@ def test_a_dead_rank_is_an_error_not_a_hang(checkpoints):
     llm._mesh.procs[0].join()
     with pytest.raises(RuntimeError, match="a tensor-parallel rank of this model failed"):
         llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)
+    name = llm._mesh.group.name
     llm.close()
+    with pytest.raises(RuntimeError):  # no group left under the name
+        torch._C._distributed_c10d._resolve_process_group(name)

@@ -261,6 +261,9 @@ class TensorParallelModel:
             self.group.broadcast(("exit",), timeout=datetime.timedelta(seconds=10))
         self._stop(time.monotonic() + 10)
         collectives.unregister(self.group.name)
+        if self.group.store is not None:  # a private group: its name (by its store's port) is
+            # free again, for a later group whose store the OS gives the same port
+            torch._C._distributed_c10d._unregister_process_group(self.group.name)
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
 
