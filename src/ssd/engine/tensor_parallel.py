@@ -263,7 +263,8 @@ class TensorParallelModel:
         collectives.unregister(self.group.name)
         if self.group.store is not None:  # a private group: its name (by its store's port) is
             # free again, for a later group whose store the OS gives the same port
-            torch._C._distributed_c10d._unregister_process_group(self.group.name)
+            name: Any = self.group.name  # a plain str at run time (GroupName in the stubs)
+            torch._C._distributed_c10d._unregister_process_group(name)
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
 
