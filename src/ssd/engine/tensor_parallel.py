@@ -196,6 +196,7 @@ class TensorParallelModel:
         self.procs: list[Any] = []
         self._affinity = os.sched_getaffinity(0)
         self._threads = torch.get_num_threads()
+        self._made_world = under_torchrun() and not spawn and not dist.is_initialized()
         if under_torchrun() and not spawn:
             self.group = torchrun_group(size, torch.device(spec.device))
             if self.group.rank != 0:
@@ -265,6 +266,9 @@ class TensorParallelModel:
             # free again, for a later group whose store the OS gives the same port
             name: Any = self.group.name  # a plain str at run time (GroupName in the stubs)
             torch._C._distributed_c10d._unregister_process_group(name)
+        if self._made_world:  # torchrun's world, set up here: torn down before the interpreter
+            # is (a gloo thread left running aborted about one exit in twelve)
+            dist.destroy_process_group()
         os.sched_setaffinity(0, self._affinity)
         torch.set_num_threads(self._threads)
 
