@@ -1,8 +1,8 @@
-"""The draft in its own process (gloo, pinned to its own core): the same tokens as one process,
-and every request finished when that process dies or hangs.
+"""The draft in its own process (shared-memory mailboxes, pinned to its own core): the same
+tokens as one process, and every request finished when that process dies or hangs.
 
 Every test has a timeout, and faulthandler dumps all stacks on a hang (pytest's
-faulthandler_timeout), since a mismatched send/recv blocks silently.
+faulthandler_timeout).
 """
 
 from __future__ import annotations
@@ -101,19 +101,23 @@ def test_requests_survive_a_failed_draft_process(fault, checkpoints, caplog):
 
 
 def test_the_worker_widens_to_every_core_once_the_next_message_is_sent(monkeypatch):
-    """Between draft passes the worker learns from the count the target keeps in shared memory
-    that the target waits, and takes every core for the rest of the preparation, once."""
-    import multiprocessing
-
+    """Between draft passes the worker sees in the shared mailbox that the target's next message
+    has been written (the target waits), and takes every core for the rest of the preparation,
+    once."""
     from ssd.engine import remote
+    from ssd.engine.mailbox import Mailbox, Waiter
 
     widened = []
     monkeypatch.setattr(remote, "_use_cores", widened.append)
-    sent = multiprocessing.get_context("spawn").RawValue("q", 3)
-    incoming = remote._Incoming(None, sent, after=3, widen_to={0, 1})
+    block = Mailbox.allocate(1024)
+    target, worker = Mailbox(block), Mailbox(block)
+    wait = Waiter(timeout_s=5)
+    target.send({"cmd": "spec"}, [], wait)
+    incoming = remote._Incoming(worker, wait, widen_to={0, 1})
+    assert incoming.read() == {"cmd": "spec"}
     incoming.poll()
-    assert widened == []  # message 4 not sent yet: the draft keeps to its own core
-    sent.value += 1
+    assert widened == []  # the next message not written yet: the draft keeps to its own core
+    target.send({"cmd": "spec"}, [], wait)
     incoming.poll()
     incoming.poll()
     assert widened == [{0, 1}]

@@ -56,7 +56,11 @@ class SDDrafter:
         self.busy_seconds = time.perf_counter() - start
         return spec
 
-    def answer(self, batch: Sequence[Request]) -> Speculation:
+    def answer(
+        self, batch: Sequence[Request], drafting: Callable[[], None] | None = None
+    ) -> Speculation:
+        if drafting is not None:
+            drafting()
         tokens, q, _ = self.d.draft(batch, None, None, self.stop_below)
         point = torch.full((tokens.shape[0],), q is None, dtype=torch.bool, device=tokens.device)
         return Speculation(tokens, q, point, [None] * len(batch))
@@ -212,7 +216,9 @@ class SSDDrafter(SDDrafter):
         f = torch.tensor(rows, device=self.d.device)
         return f, torch.full((b,), self.c, device=self.d.device)
 
-    def answer(self, batch: Sequence[Request]) -> Speculation:
+    def answer(
+        self, batch: Sequence[Request], drafting: Callable[[], None] | None = None
+    ) -> Speculation:
         dev, k = self.d.device, self.k
         b = pow2(len(batch))
         hit, branch = self._lookup(batch)
@@ -228,6 +234,8 @@ class SSDDrafter(SDDrafter):
             point = torch.full((b,), q is None, dtype=torch.bool, device=dev)
         else:
             if kind == "neural":  # a batch with hits needs K tokens on every row
+                if drafting is not None:
+                    drafting()
                 stop = None if any(hit) else self.stop_below
                 tokens, q, logits = self.d.draft(batch, f, c, stop)
                 rd.seconds["neural"] = time.perf_counter() - start

@@ -1,12 +1,12 @@
 """The drafter in its own process: a separate device (or CPU core) from the target.
 
-Transport is a private two-process gloo group (tensors are staged through host memory, so it
-works for two processes sharing one GPU too; no global torch.distributed state, so several
+The two processes meet in shared memory, one `Mailbox` each way (tensors are staged through
+host memory, so it works for two processes sharing one GPU too; nothing global, so several
 engines can share a process and a machine). Per round the target sends ONE small control
 message — the batch, plus the previous round's outcome and any admitted or finished requests
 piggybacked — and the worker replies with the speculation (hit flags; tokens [B, K];
 point-mass flags; q [B, K, V]). The worker answers first and only then prepares the next round
-(SSD: glue, fork, tree decode), so that work overlaps the target's verification.
+(SSD: fork, tree decode), so that work overlaps the target's verification.
 
 A worker that dies or does not answer within the timeout raises `DraftFailure` on the target
 side; the request loop then carries on with an in-process drafter (`SpecRunner`).
@@ -14,8 +14,6 @@ side; the request loop then carries on with an in-process drafter (`SpecRunner`)
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import faulthandler
 import os
 import time
@@ -27,45 +25,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssd.engine.drafters import DraftConfig, make_drafter
-from ssd.engine.rendezvous import await_keys, host_store, pickled, unpickled
+from ssd.engine.mailbox import Mailbox, PeerGone, Waiter
+from ssd.engine.rendezvous import await_keys, host_store
 from ssd.engine.requests import Request
 from ssd.engine.speculation import DraftFailure, LocalDrafter, Speculation
 
-TARGET, DRAFT = 0, 1
-
-
-class Channel:
-    """Tensors and pickled objects between the two ranks of a private gloo group."""
-
-    def __init__(self, store: dist.Store, rank: int, timeout_s: float):
-        # A gloo backend object, not a registered group (its stubs omit send and recv).
-        self.pg: Any = dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=timeout_s))
-        self.peer = 1 - rank
-
-    def send(self, t: torch.Tensor, timeout_s: float | None = None) -> None:
-        self._wait(self.pg.send([t], self.peer, 0), timeout_s)
-
-    def recv(self, t: torch.Tensor, timeout_s: float | None = None) -> torch.Tensor:
-        self._wait(self.pg.recv([t], self.peer, 0), timeout_s)
-        return t
-
-    def send_obj(self, obj: Any, timeout_s: float | None = None) -> None:
-        data = pickled(obj)
-        self.send(torch.tensor([data.numel()]), timeout_s)
-        self.send(data, timeout_s)
-
-    def recv_obj(self, timeout_s: float | None = None) -> Any:
-        n = int(self.recv(torch.zeros(1, dtype=torch.int64), timeout_s))
-        return unpickled(self.recv(torch.empty(n, dtype=torch.uint8), timeout_s))
-
-    @staticmethod
-    def _wait(work: Any, timeout_s: float | None) -> None:
-        """Gloo raises RuntimeError when the peer's connection closes or past the timeout
-        (the group's own when none is given)."""
-        if timeout_s is None:
-            work.wait()
-        else:
-            work.wait(datetime.timedelta(seconds=timeout_s))
+# How long each side spins for the other's message before napping: the target for an answer
+# (milliseconds from the cache; a missed round's drafting, which then has the target's core
+# too, barely notices a thread that yields it at every turn), the worker, on its own core, for
+# the target's next message (about a verification). Past the spin, a nap of up to 2 ms.
+TARGET_SPIN_S, WORKER_SPIN_S = 0.25, 0.5
 
 
 def _use_cores(cores: set[int]) -> None:
@@ -125,18 +94,13 @@ class RemoteDrafter:
         store = host_store(2, startup_timeout_s)
         cores = _CoreSplit.plan() if self.device.type == "cpu" else None
         ctx = mp.get_context("spawn")
-        # Messages sent so far, in shared memory: the worker reads it between draft passes to
-        # tell whether the target already waits (`_Incoming`).
-        self._sent = ctx.RawValue("q", 0)
-        self.proc = ctx.Process(
-            target=_serve, args=(cfg, store.port, cores, self._sent), daemon=True
-        )
+        blocks = (Mailbox.allocate(), Mailbox.allocate())
+        self.to_draft, self.to_target = map(Mailbox, blocks)
+        self.proc = ctx.Process(target=_serve, args=(cfg, store.port, cores, blocks), daemon=True)
         self.proc.start()
         if problem := await_keys(store, ["worker"], [self.proc], startup_timeout_s):
             self.proc.kill()
             raise DraftFailure(f"the draft process {problem}")
-        self.chan = Channel(store, TARGET, startup_timeout_s)
-        self._store = store  # the worker's rendezvous: kept alive with the group
         self._narrowed = cores is not None
         if cores is not None:  # one thread per core left to the target: never oversubscribe
             _CoreSplit.narrow(cores[0])
@@ -163,26 +127,20 @@ class RemoteDrafter:
         if self.closed:
             raise DraftFailure("the draft process was stopped")
         timeout = self._first_timeout_s or self.timeout_s
+        wait = Waiter(TARGET_SPIN_S, timeout, self.proc.is_alive, "the draft process")
         try:
             msg = {"cmd": "spec", "ids": [r.id for r in batch], **self._pending}
-            self._sent.value += 1
-            self.chan.send_obj(msg, timeout)
+            self.to_draft.send(msg, [], wait)
             self._pending = {"admit": [], "release": [], "observe": None}
-            head = self.chan.recv_obj(timeout)
-            shape = head["shape"]
-            tokens = self.chan.recv(torch.empty(shape[:2], dtype=torch.int64), timeout)
-            point = self.chan.recv(torch.empty(shape[0], dtype=torch.uint8), timeout)
-            q = None
-            if head["has_q"]:
-                q = self.chan.recv(torch.empty(shape, dtype=torch.float32), timeout)
-                q = q.to(self.device)
-        except RuntimeError as e:  # gloo: the peer closed the connection, or the wait timed out
-            state = "died" if not self.proc.is_alive() else f"did not answer in {timeout:g} s"
+            head, (tokens, point, *q) = self.to_target.recv(wait)
+        except PeerGone as e:
             self.close()
-            raise DraftFailure(f"the draft process {state} ({str(e).splitlines()[0][:120]})") from e
+            raise DraftFailure(str(e)) from e
         self._first_timeout_s = 0.0
         self.busy_seconds = head["busy"]
-        return Speculation(tokens.to(self.device), q, point.bool().to(self.device), head["hit"])
+        spec_q = q[0].to(self.device) if q else None
+        hit = head["hit"]
+        return Speculation(tokens.to(self.device), spec_q, point.bool().to(self.device), hit)
 
     def close(self) -> None:
         """Stop the worker (asked first; killed if it does not exit) and give back the cores."""
@@ -190,14 +148,14 @@ class RemoteDrafter:
             return
         self.closed = True
         if self.proc.is_alive():
-            with contextlib.suppress(RuntimeError):  # it stopped listening: killed below
-                self._sent.value += 1
-                self.chan.send_obj({"cmd": "exit"}, timeout_s=5)
-            self.proc.join(timeout=10)
+            try:
+                self.to_draft.send({"cmd": "exit"}, [], Waiter(0, 5, self.proc.is_alive))
+                self.proc.join(timeout=10)
+            except PeerGone:  # it stopped listening: killed below
+                pass
             if self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join()
-        del self.chan  # the group's sockets
         self._give_back_cores()
 
     def _give_back_cores(self) -> None:
@@ -206,29 +164,36 @@ class RemoteDrafter:
             _CoreSplit.give_back()
 
 
-def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None, sent: Any) -> None:
+def _serve(
+    cfg: DraftConfig,
+    port: int,
+    cores: tuple[set[int], set[int]] | None,
+    blocks: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     """The draft worker's loop: observe, release, admit, answer, then prepare the next round.
 
     `cores`: (the target's, the draft's) on CPU. The draft works on its own cores while the
-    target verifies, but whenever the target waits for it (the answer: a missed round's
-    drafting; the end of a preparation that outlasts the verification, seen by the target's
-    next message arriving between draft passes) it takes the target's cores too; the kernels
-    give the same bits on any number of threads.
+    target verifies, but whenever the target waits for its passes (an answer that drafts: a
+    missed round, or any round of SD; the end of a preparation that outlasts the verification,
+    seen by the target's next message arriving between draft passes) it takes the target's
+    cores too; the kernels give the same bits on any number of threads.
     """
     faulthandler.enable()
     own, every = (cores[1], cores[0] | cores[1]) if cores is not None else (set(), set())
     if cores is not None:
         _use_cores(own)
+    inbox, outbox = map(Mailbox, blocks)
+    parent = os.getppid()
+    # The target may verify for long between messages: the worker waits for it without limit
+    # and exits when the target's process is gone.
+    wait = Waiter(WORKER_SPIN_S, None, lambda: os.getppid() == parent, "the target")
     store = dist.TCPStore("127.0.0.1", port, 2, False)
     store.set("worker", "up")
-    # The target may verify for long between messages: the worker waits for it without limit
-    # and exits when the target's side of the connection closes.
-    chan = Channel(store, DRAFT, timeout_s=10 * 365 * 24 * 3600)
     drafter: LocalDrafter = make_drafter(cfg)
     mirrors: dict[int, Request] = {}
     drafted: dict[int, list[int]] = {}
     busy = 0.0
-    incoming = _Incoming(chan, sent)
+    incoming = _Incoming(inbox, wait)
     while (msg := incoming.read())["cmd"] != "exit":
         start = time.perf_counter()
         if msg["observe"] is not None:
@@ -245,48 +210,41 @@ def _serve(cfg: DraftConfig, port: int, cores: tuple[set[int], set[int]] | None,
         if new:
             drafter.admit(new)
         batch = [mirrors[i] for i in msg["ids"]]
-        if cores is not None:
-            _use_cores(every)
-        spec = drafter.answer(batch)
+        # An answer from the cache is a few small copies: only drafting takes every core
+        spec = drafter.answer(batch, (lambda: _use_cores(every)) if cores is not None else None)
         if cores is not None:
             _use_cores(own)
         tokens = spec.tokens.cpu()
-        chan.send_obj(
-            {
-                "hit": spec.hit,
-                "has_q": spec.q is not None,
-                "shape": (*tokens.shape, drafter.vocab_size),
-                "busy": busy,
-            }
-        )
-        chan.send(tokens)
-        chan.send(spec.point_mass.to(torch.uint8).cpu())
-        if spec.q is not None:
-            chan.send(spec.q.float().cpu().contiguous())
+        head = {"hit": spec.hit, "busy": busy}
+        parts = [tokens, spec.point_mass.to(torch.uint8)]
+        parts += [] if spec.q is None else [spec.q.float()]
+        try:
+            outbox.send(head, parts, wait)
+        except PeerGone:
+            break
         drafted.update({r.id: row for r, row in zip(batch, tokens.tolist(), strict=False)})
-        incoming = _Incoming(chan, sent, incoming.number, every)
+        incoming = _Incoming(inbox, wait, every)
         drafter.prepare(batch, spec, incoming.poll if cores is not None else None)
         busy = time.perf_counter() - start
     drafter.close()  # a sharded draft's ranks
 
 
 class _Incoming:
-    """The target's next message (number `after` + 1). `poll`, between draft passes, sees it sent
-    in the count the target keeps in shared memory (`sent`; a posted gloo receive reports
-    completion only once waited on): the target then waits, and the rest of the preparation
-    runs on `widen_to` (every core) too."""
+    """The target's next message. `poll`, between draft passes, sees it arriving in the shared
+    buffer before it is read: the target then waits, and the rest of the preparation runs on
+    `widen_to` (every core) too."""
 
-    def __init__(self, chan: Channel, sent: Any, after: int = 0, widen_to: set[int] | None = None):
-        self.chan, self.sent, self.number, self.widen_to = chan, sent, after + 1, widen_to
+    def __init__(self, inbox: Mailbox, wait: Waiter, widen_to: set[int] | None = None):
+        self.inbox, self.wait, self.widen_to = inbox, wait, widen_to
 
     def poll(self) -> None:
-        if self.widen_to and self.sent.value >= self.number:
+        if self.widen_to and self.inbox.published > self.inbox.seen:
             _use_cores(self.widen_to)
             self.widen_to = None
 
     def read(self) -> dict[str, Any]:
-        """The message; "exit" when the target is gone (its connection closed)."""
+        """The message; "exit" when the target is gone."""
         try:
-            return dict(self.chan.recv_obj())
-        except RuntimeError:
+            return dict(self.inbox.recv(self.wait)[0])
+        except PeerGone:
             return {"cmd": "exit"}

@@ -75,8 +75,11 @@ class LocalDrafter(Drafter, Protocol):
 
     vocab_size: int
 
-    def answer(self, batch: Sequence[Request]) -> Speculation:
-        """This round's speculation (SSD: from the cache, or the backup on a miss)."""
+    def answer(
+        self, batch: Sequence[Request], drafting: Callable[[], None] | None = None
+    ) -> Speculation:
+        """This round's speculation (SSD: from the cache, or the backup on a miss); `drafting`
+        is called before the draft's passes, if any (a worker then takes every core)."""
         ...
 
     def prepare(
