@@ -2,7 +2,7 @@
 
 The draft worker and its target trade one message each way per round, and the target waits
 for the answer. Through gloo each message crossed the loopback network and woke two sleeping
-threads (gloo's and the caller's): 8-10 ms a round on a shared 2-core host, where an answer
+threads (gloo's and the caller's): 8-11 ms a round on a shared 2-core host, where an answer
 from the speculation cache takes 2 (docs/performance.md, finding 48). Here the writer copies
 the message into a shared buffer and bumps a sequence number; the reader, who expects it soon,
 spins on that number (yielding its core each turn) and only then naps, so a message is read
