@@ -11,13 +11,13 @@ which its draft process gets; "SD on the target cores" runs SD on SSD's target c
 
 Next to each figure: its ceiling, the tok/s that the bandwidth of the mode's cores allows for
 the bytes it streams per token (docs/performance.md; bandwidth measured on one core and on all
-of them once per repeat, the median used, since the machine's drifts): AR streams every weight
-but the input embedding once per token; SD streams its draft passes (K, or the measured mean
-after early stops) and one verification per round of τ tokens; SSD's round is the slowest of
-its verification on the target's cores, its K draft passes (the tree steps: the glue comes
-carried with the speculation) on the last core, and both over the shared bus. The speed
-model's predicted ratio to AR (those byte counts with the measured τ) is printed beside the
-measured ratio.
+of them before every mode of every repeat, the median used, since the machine's drifts): AR
+streams every weight but the input embedding once per token; SD streams its draft passes (K, or
+the measured mean after early stops) and one verification per round of τ tokens; SSD's round is
+the slowest of its verification on the target's cores, its K draft passes (the tree steps: the
+glue comes carried with the speculation) on the last core, and both over the shared bus. The
+speed model's predicted ratio to AR (those byte counts with the measured τ) is printed beside
+the measured ratio.
 
     ssd bench [--pair qwen2.5-coder | --target DIR --draft DIR] [--prompts FILE.jsonl]
         [--num-prompts 2] [--max-tokens 128] [--repeats 2] [--temperature 0] [--k 4]
@@ -68,29 +68,34 @@ def weight_bytes(model: Model) -> int:
     return sum(t.numel() * t.element_size() for t in leaves)
 
 
-def bandwidth(threads: int, mib: int = 512) -> float:
-    """GB/s of the best of a bf16 matrix-vector product (the decode kernel) and a plain read,
-    on `threads` threads: the machine's limit for streaming weights."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        k = 2048
-        # on huge pages, as the engine's weights (`ssd.models.huge_pages`)
-        w = huge_pages.move(torch.randn(mib * 2**20 // (2 * k), k).bfloat16())
-        x = torch.randn(1, k).bfloat16()
-        f32 = huge_pages.move(torch.randn(mib * 2**20 // 4))
-        best = 0.0
-        for fn, nbytes in ((lambda: linear(x, w), w.numel() * 2), (f32.sum, f32.numel() * 4)):
-            fn()
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
+def bandwidth_probe(mib: int = 512) -> Callable[[int], float]:
+    """A probe of the machine's limit for streaming weights: `probe(threads)` is the GB/s of the
+    best of a bf16 matrix-vector product (the decode kernel) and a plain read on `threads`
+    threads. Its buffers are made once, so that a run can probe between all its modes."""
+    k = 2048
+    # on huge pages, as the engine's weights (`ssd.models.huge_pages`)
+    w = huge_pages.move(torch.randn(mib * 2**20 // (2 * k), k).bfloat16())
+    x = torch.randn(1, k).bfloat16()
+    f32 = huge_pages.move(torch.randn(mib * 2**20 // 4))
+
+    def probe(threads: int) -> float:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            best = 0.0
+            for fn, n in ((lambda: linear(x, w), w.numel() * 2), (f32.sum, f32.numel() * 4)):
                 fn()
-                times.append(time.perf_counter() - start)
-            best = max(best, nbytes / statistics.median(times) / 1e9)
-        return best
-    finally:
-        torch.set_num_threads(old)
+                times = []
+                for _ in range(5):
+                    start = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - start)
+                best = max(best, n / statistics.median(times) / 1e9)
+            return best
+        finally:
+            torch.set_num_threads(old)
+
+    return probe
 
 
 @dataclasses.dataclass
@@ -316,10 +321,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     speeds: dict[str, list[float]] = {mode.name: [] for mode in modes}
     counts = sorted({1, cores} | {len(mode.cores) for mode in modes})
     bws: dict[int, list[float]] = {n: [] for n in counts}
-    for _ in range(args.repeats):  # the bandwidth drifts: measured once per repeat, between modes
-        for n in counts:
-            bws[n].append(bandwidth(n))
-        for mode in modes:
+    probe = bandwidth_probe()
+    for _ in range(args.repeats):
+        for mode in modes:  # the bandwidth drifts within a run: probed before every mode
+            for n in counts:
+                bws[n].append(probe(n))
             decode = 0.0
             with placed(mode.cores):
                 for p in prompts:  # decode: from the first generated token to the last
