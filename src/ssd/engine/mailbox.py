@@ -42,7 +42,6 @@ class Mailbox:
     (the tensor travels to the spawned process as a shared-memory handle)."""
 
     def __init__(self, block: Tensor):
-        self.block = block
         # int64 [published, taken, message length], alone on a cache line; then the data
         self.line = block[:64].view(torch.int64).numpy()
         self.data = block[64:]
@@ -56,6 +55,10 @@ class Mailbox:
     def published(self) -> int:
         """How many parts the writer has published (the reader's next part is `seen` + 1)."""
         return int(self.line[0])
+
+    def arrived(self) -> bool:
+        """Whether the writer has published a part this side has not read."""
+        return self.published > self.seen
 
     def send(self, obj: Any, tensors: Sequence[Tensor], wait: Waiter) -> None:
         """Write `obj` and `tensors` (read back in order by `recv`), once the reader has taken
@@ -87,7 +90,7 @@ class Mailbox:
 
     def recv(self, wait: Waiter) -> tuple[Any, list[Tensor]]:
         """The next message, waiting for each of its parts with `wait`."""
-        wait.until(lambda: int(self.line[0]) > self.seen)
+        wait.until(self.arrived)
         total = int(self.line[2])
         buf = np.empty(total, np.uint8)
         room, at = self.data.numel(), 0
@@ -99,7 +102,7 @@ class Mailbox:
             self.line[1] = self.seen  # taken: the writer may write the next part
             if at == total:
                 break
-            wait.until(lambda: int(self.line[0]) > self.seen)
+            wait.until(self.arrived)
         size = int.from_bytes(buf[:8].tobytes(), "little")
         obj, meta = pickle.loads(buf[8 : 8 + size].tobytes())
         whole = torch.from_numpy(buf)

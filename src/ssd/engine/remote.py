@@ -138,9 +138,9 @@ class RemoteDrafter:
             raise DraftFailure(str(e)) from e
         self._first_timeout_s = 0.0
         self.busy_seconds = head["busy"]
-        spec_q = q[0].to(self.device) if q else None
-        hit = head["hit"]
-        return Speculation(tokens.to(self.device), spec_q, point.bool().to(self.device), hit)
+        dev = self.device
+        spec_q = q[0].to(dev) if q else None
+        return Speculation(tokens.to(dev), spec_q, point.bool().to(dev), head["hit"])
 
     def close(self) -> None:
         """Stop the worker (asked first; killed if it does not exit) and give back the cores."""
@@ -238,7 +238,7 @@ class _Incoming:
         self.inbox, self.wait, self.widen_to = inbox, wait, widen_to
 
     def poll(self) -> None:
-        if self.widen_to and self.inbox.published > self.inbox.seen:
+        if self.widen_to and self.inbox.arrived():
             _use_cores(self.widen_to)
             self.widen_to = None
 

@@ -73,8 +73,6 @@ class LocalDrafter(Drafter, Protocol):
     """A drafter that owns its draft model: `speculate` is `answer` then `prepare`, and a draft
     worker process calls the two apart, replying to the target in between."""
 
-    vocab_size: int
-
     def answer(
         self, batch: Sequence[Request], drafting: Callable[[], None] | None = None
     ) -> Speculation:
